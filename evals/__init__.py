@@ -1,0 +1,1 @@
+"""Evaluation: splits, baselines, metrics and reports. Reads every layer; nothing reads it."""
