@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from memory.catalog import Catalog
@@ -48,13 +47,16 @@ class InteractionLog:
 
     # ---- construction / export -------------------------------------------------------
     @classmethod
-    def from_frame(cls, df: pd.DataFrame) -> "InteractionLog":
+    def from_frame(cls, df) -> "InteractionLog":
         """From a frame with columns ``user, item`` and optionally ``rating, timestamp``."""
         return cls(df["user"].to_numpy(), df["item"].to_numpy(),
                    df["rating"].to_numpy() if "rating" in df else None,
                    df["timestamp"].to_numpy() if "timestamp" in df else None)
 
-    def to_frame(self) -> pd.DataFrame:
+    def to_frame(self):
+        """A pandas frame with columns ``user, item, rating, timestamp``."""
+        import pandas as pd  # deferred: the CLI's fast path never needs pandas
+
         return pd.DataFrame({"user": self.users.astype(str), "item": self.items.astype(str),
                              "rating": self.ratings, "timestamp": self.timestamps})
 

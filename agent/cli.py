@@ -1,0 +1,205 @@
+"""The ``plural`` command line: one entry point, thin subcommands.
+
+Exit codes: 0 success, 1 a data or runtime error, 2 a usage error (bad option value, unknown
+user). Heavy modules are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from memory.errors import PluralError, UnknownUserError, UsageError
+
+app = typer.Typer(name="plural", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Plural: persona-based recommendation. Several personas per user, each recommendation "
+                       "attributed to one, with its evidence.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
+app.add_typer(data_app, name="data")
+
+# ---- options shared by every command that reads data --------------------------------------
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="Packaged dataset: ml-100k or synthetic.")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="A MovieLens folder, or an interactions CSV/Parquet file.")]
+TrainOpt = Annotated[Optional[str], typer.Option("--train", help="Predefined split: training interactions file.")]
+TestOpt = Annotated[Optional[str], typer.Option("--test", help="Predefined split: test interactions file.")]
+ItemsOpt = Annotated[Optional[str], typer.Option("--items", help="Items file for --data tables and predefined splits.")]
+ColumnsOpt = Annotated[Optional[str], typer.Option("--columns", help="Column mapping, e.g. user=uid,item=movie,rating=stars.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Engine settings file (.json or .toml).")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the built data lives (default: a cache folder per dataset and settings).")]
+RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Rebuild the data directory even if it is current.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _source(dataset: str, data: str | None, train: str | None, test: str | None, items: str | None,
+            columns: str | None):
+    from memory.loaders import ColumnMapping, DataSource
+
+    return DataSource(dataset=dataset, data=data, train=train, test=test, items=items,
+                      columns=ColumnMapping.parse(columns))
+
+
+def _config(path: Path | None):
+    from agent.config import EngineConfig
+
+    return EngineConfig.from_file(path) if path else EngineConfig()
+
+
+def _open_engine(source, config, data_dir, rebuild: bool, user: str | None = None):
+    from agent.engine import Engine
+
+    def check(history):
+        if user is not None and user not in history:
+            raise UnknownUserError(user, history.user_ids)
+
+    return Engine.open(source, config, data_dir, progress=sys.stderr.isatty(), rebuild=rebuild, validate=check)
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+# ---- commands ---------------------------------------------------------------------------------
+@app.command()
+def recommend(
+    user: Annotated[str, typer.Option("--user", "-u", help="User id.")],
+    k: Annotated[int, typer.Option("--k", "-k", help="List length (> 0).")] = 10,
+    mode: Annotated[str, typer.Option("--mode", "-m", help="Ranking mode (relevance, persona_fill, ...).")] = "relevance",
+    category: Annotated[Optional[list[str]], typer.Option("--category", help="Keep items of this category (repeatable).")] = None,
+    query: Annotated[Optional[str], typer.Option("--query", "-q", help="Free-text filter: semantic search on the catalog.")] = None,
+    as_json: JsonOpt = False,
+    dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
+    items: ItemsOpt = None, columns: ColumnsOpt = None, config: ConfigOpt = None, data_dir: DataDirOpt = None,
+    rebuild: RebuildOpt = False,
+) -> None:
+    """Recommend items for a user; each one names the persona it comes from and its evidence."""
+    from personas.ranking import RANKING_MODES
+
+    if k <= 0:
+        raise UsageError("--k", k, "a positive integer")
+    if mode not in RANKING_MODES:
+        raise UsageError("--mode", mode, sorted(RANKING_MODES))
+    engine = _open_engine(_source(dataset, data, train, test, items, columns), _config(config), data_dir, rebuild, user)
+    out = engine.recommend(user, k, mode, categories=category, query=query)
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in out.items], indent=2))
+        return
+    _print_recommendations(engine, out)
+
+
+def _print_recommendations(engine, out) -> None:
+    from rich.table import Table
+
+    con = _console()
+    pset = engine.persona_store.get(out.user_id)
+    if out.cold_start:
+        con.print(f"[bold]User {out.user_id}[/] has no liked items yet: popular titles instead (cold start).")
+    elif pset:
+        tastes = ", ".join(f"{p.persona_id} [bold]{p.name}[/] {round(100 * p.weight)}%" for p in pset.personas)
+        con.print(f"[bold]User {out.user_id}[/] — {len(pset.personas)} personas: {tastes}")
+    table = Table(title=f"Top {len(out.items)} ({out.mode})", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("Title", max_width=40)
+    table.add_column("Score", justify="right")
+    table.add_column("Persona", max_width=24)
+    table.add_column("Attn", justify="right")
+    table.add_column("Because you liked", max_width=60)
+    for r in out.items:
+        share = r.attention.get(r.persona.id, 0.0) if r.persona else 0.0
+        table.add_row(str(r.rank), r.title, f"{r.score:.3f}", r.persona.name if r.persona else "(popular)",
+                      f"{round(100 * share)}%" if r.persona else "", "; ".join(e.title for e in r.evidence))
+    con.print(table)
+
+
+@app.command()
+def personas(
+    user: Annotated[str, typer.Option("--user", "-u", help="User id.")],
+    as_json: JsonOpt = False,
+    versions: Annotated[bool, typer.Option("--versions", help="Also list every stored version.")] = False,
+    dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
+    items: ItemsOpt = None, columns: ColumnsOpt = None, config: ConfigOpt = None, data_dir: DataDirOpt = None,
+    rebuild: RebuildOpt = False,
+) -> None:
+    """Show a user's personas: name, description, weight and evidence."""
+    engine = _open_engine(_source(dataset, data, train, test, items, columns), _config(config), data_dir, rebuild, user)
+    pset = engine.recommender.persona_set(user)
+    if as_json:
+        doc = {"user_id": user, "personas": [p.model_dump(mode="json", exclude={"embedding"}) for p in pset.personas],
+               "induction": pset.induction}
+        if versions:
+            doc["versions"] = [v.model_dump(mode="json", exclude={"persona": {"embedding"}})
+                               for v in engine.persona_store.versions(user)]
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    from rich.table import Table
+
+    con = _console()
+    if not pset.personas:
+        con.print(f"User {user} has no liked items yet, so no personas (recommendations fall back to popularity).")
+        return
+    table = Table(title=f"Personas of user {user}")
+    for col in ("id", "name", "weight", "description", "evidence (first 5)", "v"):
+        table.add_column(col, max_width=60 if col == "description" else 40)
+    for p in pset.personas:
+        ev = engine.catalog.titles(engine.catalog.indices(p.evidence[:5]))
+        table.add_row(p.persona_id, p.name, f"{p.weight:.2f}", p.description, "; ".join(ev), str(p.version))
+    con.print(table)
+    trace = pset.induction.get("trace", {})
+    if trace:
+        con.print(f"Chosen K={trace.get('k')} by mean silhouette per K: {trace.get('silhouette')}")
+    if versions:
+        for v in engine.persona_store.versions(user):
+            con.print(f"{v.persona.persona_id} v{v.persona.version} [{v.reason}] {v.persona.name}: {v.persona.description}")
+
+
+@data_app.command("info")
+def data_info(
+    as_json: JsonOpt = False,
+    dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
+    items: ItemsOpt = None, columns: ColumnsOpt = None,
+) -> None:
+    """Counts of users, items, interactions and categories of a dataset."""
+    info = _source(dataset, data, train, test, items, columns).load().describe()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    con = _console()
+    for key, v in info.items():
+        con.print(f"[bold]{key:>18}[/]  {', '.join(v) if isinstance(v, list) else v}")
+
+
+# ---- entry point ------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 error, 2 usage error)."""
+    import click
+
+    try:
+        app(args=argv, standalone_mode=False, prog_name="plural")
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        typer.echo("Aborted.", err=True)
+        return 1
+    except click.ClickException as e:
+        e.show()
+        return 2 if isinstance(e, click.UsageError) else 1
+    except (UsageError, UnknownUserError) as e:
+        typer.echo(f"Error: {e}", err=True)
+        return 2
+    except PluralError as e:
+        typer.echo(f"Error: {e}", err=True)
+        return 1
+
+
+def entry() -> None:  # pragma: no cover - console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

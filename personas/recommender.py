@@ -1,0 +1,154 @@
+"""The persona recommender: scores, attention, ranking and provenance for one user at a time.
+
+No LLM and no I/O: it reads a catalog, a fitted item-item scorer, the users' histories and a
+persona store, all already in memory. ``agent.engine`` builds and caches these; ``evals`` uses
+this class directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from memory.catalog import Catalog
+from memory.errors import UsageError
+from memory.history import HistoryIndex
+from personas.attention import AttentionConfig, PersonaScores
+from personas.model import PersonaSet
+from personas.ranking import RankingContext, get_mode
+from personas.recommendation import (EvidenceItem, PersonaRef, Recommendation, RecommendationList,
+                                     template_explanation)
+from personas.scorers import ItemItemScorer
+from personas.store import PersonaStore
+
+
+class PersonaRecommender:
+    """Recommends with candidate-conditional attention over each user's personas.
+
+    Example:
+        >>> rec = PersonaRecommender(catalog, scorer, history, store)         # doctest: +SKIP
+        >>> out = rec.recommend("42", k=10, mode="persona_fill")               # doctest: +SKIP
+        >>> out.items[0].persona.name, out.items[0].evidence[0].title          # doctest: +SKIP
+        ('Sci-Fi & Action', 'Alien (1979)')
+    """
+
+    def __init__(self, catalog: Catalog, scorer: ItemItemScorer, history: HistoryIndex, personas: PersonaStore,
+                 attention: AttentionConfig | None = None, popularity: np.ndarray | None = None,
+                 provenance: dict | None = None):
+        self.catalog, self.scorer, self.history, self.personas = catalog, scorer, history, personas
+        self.attention_config = attention or AttentionConfig()
+        self.popularity = popularity if popularity is not None else history.item_popularity(len(catalog))
+        self.provenance = provenance or {}
+        self._user_categories_cache: dict[str, np.ndarray] = {}
+
+    # ---- building blocks ---------------------------------------------------------------
+    def persona_set(self, user_id: str) -> PersonaSet:
+        pset = self.personas.get(user_id)
+        if pset is None:
+            self.history.seen(user_id)  # raises UnknownUserError for an unknown user
+            return PersonaSet(user_id=str(user_id), personas=[])
+        return pset
+
+    def persona_scores(self, user_id: str, pset: PersonaSet | None = None) -> tuple[PersonaScores, PersonaSet]:
+        """Contributions of each persona; positives no persona claims go to the residual."""
+        pset = pset or self.persona_set(user_id)
+        groups = [self.catalog.indices(p.evidence) for p in pset.personas]
+        ps = PersonaScores.compute(self.scorer, pset.ids, groups, history=self.history.positives(user_id))
+        return ps, pset
+
+    def user_categories(self, user_id: str) -> np.ndarray:
+        """``p(g|u)``: mean category distribution over the user's positives."""
+        pos = self.history.positives(user_id)
+        cat = self.catalog.category_distribution()
+        return cat[pos].mean(axis=0) if len(pos) else np.zeros(cat.shape[1])
+
+    def context(self, user_id: str, *, categories: Sequence[str] | None = None,
+                candidate_items: Sequence[str] | None = None, persona_focus: dict[str, float] | None = None,
+                exclude_items: Sequence[str] | None = None, extra: dict | None = None,
+                ) -> tuple[RankingContext, PersonaScores, PersonaSet]:
+        """The ranking context of one user (scores, candidates, responsible personas)."""
+        ps, pset = self.persona_scores(user_id)
+        allowed = np.ones(len(self.catalog), dtype=bool)
+        allowed[self.history.seen(user_id)] = False
+        if exclude_items:
+            allowed[self.catalog.indices(exclude_items)] = False
+        if categories:
+            allowed &= self.catalog.items_in_categories(categories)
+        if candidate_items is not None:
+            mask = np.zeros(len(self.catalog), dtype=bool)
+            mask[self.catalog.indices(candidate_items)] = True
+            allowed &= mask
+        if persona_focus:
+            unknown = [p for p in persona_focus if p not in pset.ids]
+            if unknown:
+                raise UsageError("persona id", unknown[0], pset.ids)
+            mult = np.array([persona_focus.get(pid, 1.0) for pid in pset.ids], dtype=np.float32)
+            scores = ps.weighted_scores(mult)
+            contributions = ps.contributions * mult[:, None]
+        else:
+            scores = ps.scores
+            contributions = ps.contributions
+        responsible = (np.argmax(contributions, axis=0) if len(pset.personas)
+                       else np.full(len(self.catalog), -1, dtype=np.int64))
+        ctx = RankingContext(scores=scores, allowed=allowed, responsible=responsible,
+                             persona_weights=pset.weights(), contributions=contributions,
+                             category_dist=self.catalog.category_distribution(),
+                             user_categories=self.user_categories(user_id), extra=dict(extra or {}))
+        return ctx, ps, pset
+
+    # ---- the entry point ---------------------------------------------------------------
+    def recommend(self, user_id: str, k: int = 10, mode: str = "relevance", *,
+                  categories: Sequence[str] | None = None, candidate_items: Sequence[str] | None = None,
+                  persona_focus: dict[str, float] | None = None, exclude_items: Sequence[str] | None = None,
+                  ) -> RecommendationList:
+        """Top-``k`` items for ``user_id``, each with its persona, attention, evidence and explanation.
+
+        ``categories`` keeps items with at least one of them; ``candidate_items`` restricts to
+        those ids (e.g. a semantic search result); ``persona_focus`` multiplies each persona's
+        contribution (request routing); ``exclude_items`` removes ids (e.g. rejected ones).
+        """
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+            raise UsageError("k", k, "a positive integer")
+        ranking = get_mode(mode)
+        user_id = str(user_id)
+        ctx, ps, pset = self.context(user_id, categories=categories, candidate_items=candidate_items,
+                                     persona_focus=persona_focus, exclude_items=exclude_items)
+        provenance = {**self.provenance, "mode": mode,
+                      "personas": {p.persona_id: p.version for p in pset.personas},
+                      "attention_rule": self.attention_config.rule}
+        if not pset.personas:
+            return self._cold_start(user_id, k, mode, ctx, provenance)
+        chosen = ranking.select(ctx, k)
+        att = ps.attention(chosen, self.attention_config) if len(chosen) else np.zeros((0, len(pset.personas)))
+        if persona_focus:  # attention follows the focused contributions
+            mult = np.array([persona_focus.get(pid, 1.0) for pid in pset.ids])
+            att = PersonaScores(ps.persona_ids, ps.groups, ps.contributions * mult[:, None].astype(np.float32),
+                                ps.residual, ps.scorer).attention(chosen, self.attention_config)
+        items = []
+        n_ev = self.attention_config.evidence_per_item
+        for rank, (i, a) in enumerate(zip(chosen, att), start=1):
+            r = int(ctx.responsible[i])
+            persona = pset.personas[r]
+            ev = [EvidenceItem(item_id=self.catalog.item(j).item_id, title=self.catalog.title(j), weight=round(w, 6))
+                  for j, w in ps.evidence(int(i), r, n_ev)]
+            it = self.catalog.item(int(i))
+            items.append(Recommendation(
+                item_id=it.item_id, title=it.title, score=float(ctx.scores[i]), rank=rank,
+                persona=PersonaRef(id=persona.persona_id, name=persona.name),
+                attention={pid: round(float(x), 6) for pid, x in zip(pset.ids, a)},
+                evidence=ev, categories=list(it.categories),
+                explanation=template_explanation(persona.name, [e.title for e in ev], float(a[r]))))
+        return RecommendationList(user_id=user_id, mode=mode, k=k, items=items, provenance=provenance)
+
+    def _cold_start(self, user_id: str, k: int, mode: str, ctx: RankingContext, provenance: dict) -> RecommendationList:
+        pop_ctx = RankingContext(scores=self.popularity.astype(np.float32), allowed=ctx.allowed,
+                                 responsible=ctx.responsible, persona_weights=np.zeros(0))
+        chosen = pop_ctx.candidates_by_score(k)
+        items = [Recommendation(item_id=self.catalog.item(int(i)).item_id, title=self.catalog.title(int(i)),
+                                score=float(self.popularity[i]), rank=r, persona=None, attention={}, evidence=[],
+                                categories=list(self.catalog.item(int(i)).categories),
+                                explanation=template_explanation(None, []), cold_start=True)
+                 for r, i in enumerate(chosen, start=1)]
+        return RecommendationList(user_id=user_id, mode=mode, k=k, items=items, cold_start=True,
+                                  provenance={**provenance, "fallback": "popularity"})

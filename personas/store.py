@@ -1,0 +1,201 @@
+"""Where personas live: the current set per user plus every version, for audit and rollback.
+
+``PersonaStore`` has an in-memory reference implementation and a SQLite one (WAL, one
+transaction per write, so a write is all there or absent). Embeddings are stored as float32
+blobs beside the JSON, which keeps one user's load fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from memory.errors import UnknownUserError, UsageError
+from personas.model import Persona, PersonaSet, PersonaVersion, utcnow
+
+_CONTENT_FIELDS = ("name", "description", "weight", "evidence", "categories", "embedding", "text_source")
+
+
+def _changed(old: Persona | None, new: Persona) -> bool:
+    return old is None or any(getattr(old, f) != getattr(new, f) for f in _CONTENT_FIELDS)
+
+
+class PersonaStore(ABC):
+    """Current personas per user and their version history."""
+
+    @abstractmethod
+    def get(self, user_id: str) -> PersonaSet | None:
+        """The user's current personas, or None if never induced."""
+
+    @abstractmethod
+    def _write(self, items: list[tuple[PersonaSet, list[PersonaVersion]]]) -> None:
+        """Atomically replace the current sets and append the given versions."""
+
+    @abstractmethod
+    def versions(self, user_id: str, persona_id: str | None = None) -> list[PersonaVersion]:
+        """Every recorded version, oldest first (of one persona, or of all the user's personas)."""
+
+    @abstractmethod
+    def users(self) -> list[str]:
+        """Users with personas."""
+
+    # ---- concrete conveniences ---------------------------------------------------------
+    def put_many(self, sets: Iterable[PersonaSet], reason: str = "induction", feedback: dict | None = None) -> None:
+        """Store several users' sets in one transaction. Changed or new personas get a version
+        entry (version numbers are bumped when content changed since the stored version)."""
+        batch = []
+        for pset in sets:
+            old = self.get(pset.user_id)
+            old_by_id = {p.persona_id: p for p in old.personas} if old else {}
+            versions = []
+            fixed = []
+            for p in pset.personas:
+                prev = old_by_id.get(p.persona_id)
+                if _changed(prev, p):
+                    if prev is not None and p.version <= prev.version:
+                        p = p.model_copy(update={"version": prev.version + 1, "updated_at": utcnow()})
+                    versions.append(PersonaVersion(persona=p, reason=reason, feedback=feedback))
+                fixed.append(p)
+            batch.append((pset.model_copy(update={"personas": fixed}), versions))
+        self._write(batch)
+
+    def put(self, pset: PersonaSet, reason: str = "induction", feedback: dict | None = None) -> PersonaSet:
+        self.put_many([pset], reason, feedback)
+        return self.get(pset.user_id)  # type: ignore[return-value]
+
+    def require(self, user_id: str) -> PersonaSet:
+        pset = self.get(user_id)
+        if pset is None:
+            raise UnknownUserError(user_id, self.users())
+        return pset
+
+    def rollback(self, user_id: str, persona_id: str, version: int) -> Persona:
+        """Make an earlier version current again (recorded as a new version, reason ``rollback``)."""
+        pset = self.require(user_id)
+        current = pset.get(persona_id)
+        olds = [v for v in self.versions(user_id, persona_id) if v.persona.version == version]
+        if not olds:
+            have = [v.persona.version for v in self.versions(user_id, persona_id)]
+            raise UsageError("version", version, have)
+        restored = olds[-1].persona.model_copy(update={"version": current.version + 1, "updated_at": utcnow()})
+        personas = [restored if p.persona_id == persona_id else p for p in pset.personas]
+        total = sum(p.weight for p in personas) or 1.0
+        personas = [p.model_copy(update={"weight": round(p.weight / total, 6)}) for p in personas]
+        new = pset.model_copy(update={"personas": personas})
+        self._write([(new, [PersonaVersion(persona=next(p for p in personas if p.persona_id == persona_id),
+                                           reason=f"rollback to v{version}")])])
+        return next(p for p in personas if p.persona_id == persona_id)
+
+
+class InMemoryPersonaStore(PersonaStore):
+    """Reference implementation: dicts, deep copies in and out."""
+
+    def __init__(self):
+        self._current: dict[str, PersonaSet] = {}
+        self._versions: dict[str, list[PersonaVersion]] = {}
+
+    def get(self, user_id: str) -> PersonaSet | None:
+        p = self._current.get(str(user_id))
+        return p.model_copy(deep=True) if p else None
+
+    def _write(self, items):
+        for pset, versions in items:
+            self._current[pset.user_id] = pset.model_copy(deep=True)
+            self._versions.setdefault(pset.user_id, []).extend(v.model_copy(deep=True) for v in versions)
+
+    def versions(self, user_id: str, persona_id: str | None = None) -> list[PersonaVersion]:
+        vs = self._versions.get(str(user_id), [])
+        return [v.model_copy(deep=True) for v in vs if persona_id is None or v.persona.persona_id == persona_id]
+
+    def users(self) -> list[str]:
+        return list(self._current)
+
+
+def _dump_set(pset: PersonaSet) -> tuple[str, list[tuple[str, bytes]]]:
+    d = pset.model_dump(mode="json")
+    vecs = []
+    for p in d["personas"]:
+        vecs.append((p["persona_id"], np.asarray(p.pop("embedding"), dtype=np.float32).tobytes()))
+    return json.dumps(d), vecs
+
+
+class SqlitePersonaStore(PersonaStore):
+    """Personas in a SQLite file (WAL mode, synchronous FULL)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._con = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=FULL")
+        self._con.executescript("""
+            CREATE TABLE IF NOT EXISTS persona_sets (user_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS persona_vectors (user_id TEXT, persona_id TEXT, v BLOB,
+                PRIMARY KEY (user_id, persona_id));
+            CREATE TABLE IF NOT EXISTS persona_versions (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                user_id TEXT, persona_id TEXT, version INT, body TEXT NOT NULL, v BLOB);
+            CREATE INDEX IF NOT EXISTS persona_versions_user ON persona_versions (user_id, persona_id);
+        """)
+
+    def get(self, user_id: str) -> PersonaSet | None:
+        with self._lock:
+            row = self._con.execute("SELECT body FROM persona_sets WHERE user_id=?", (str(user_id),)).fetchone()
+            if row is None:
+                return None
+            vecs = dict(self._con.execute("SELECT persona_id, v FROM persona_vectors WHERE user_id=?",
+                                          (str(user_id),)).fetchall())
+        d = json.loads(row[0])
+        for p in d["personas"]:
+            blob = vecs.get(p["persona_id"])
+            p["embedding"] = np.frombuffer(blob, dtype=np.float32).tolist() if blob else []
+        return PersonaSet.model_validate(d)
+
+    def _write(self, items):
+        with self._lock:
+            cur = self._con.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for pset, versions in items:
+                    body, vecs = _dump_set(pset)
+                    cur.execute("INSERT OR REPLACE INTO persona_sets VALUES (?, ?)", (pset.user_id, body))
+                    cur.execute("DELETE FROM persona_vectors WHERE user_id=?", (pset.user_id,))
+                    cur.executemany("INSERT INTO persona_vectors VALUES (?, ?, ?)",
+                                    [(pset.user_id, pid, v) for pid, v in vecs])
+                    cur.executemany("INSERT INTO persona_versions (user_id, persona_id, version, body, v) "
+                                    "VALUES (?, ?, ?, ?, ?)",
+                                    [(pset.user_id, v.persona.persona_id, v.persona.version,
+                                      v.model_dump_json(exclude={"persona": {"embedding"}}),
+                                      np.asarray(v.persona.embedding, np.float32).tobytes()) for v in versions])
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def versions(self, user_id: str, persona_id: str | None = None) -> list[PersonaVersion]:
+        q = "SELECT body, v FROM persona_versions WHERE user_id=?"
+        args: list = [str(user_id)]
+        if persona_id is not None:
+            q += " AND persona_id=?"
+            args.append(persona_id)
+        with self._lock:
+            rows = self._con.execute(q + " ORDER BY seq", args).fetchall()
+        out = []
+        for body, blob in rows:
+            d = json.loads(body)
+            d["persona"]["embedding"] = np.frombuffer(blob, dtype=np.float32).tolist() if blob else []
+            out.append(PersonaVersion.model_validate(d))
+        return out
+
+    def users(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._con.execute("SELECT user_id FROM persona_sets ORDER BY rowid")]
+
+    def close(self) -> None:
+        self._con.close()
