@@ -176,19 +176,22 @@ def data_info(
 # ---- entry point ------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 error, 2 usage error)."""
-    import click
+    try:  # typer >= 0.20 vendors click; older releases use the click package
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
 
     try:
         app(args=argv, standalone_mode=False, prog_name="plural")
         return 0
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("Aborted.", err=True)
         return 1
-    except click.ClickException as e:
+    except click_exc.ClickException as e:
         e.show()
-        return 2 if isinstance(e, click.UsageError) else 1
+        return 2 if isinstance(e, click_exc.UsageError) else 1
     except (UsageError, UnknownUserError) as e:
         typer.echo(f"Error: {e}", err=True)
         return 2

@@ -124,7 +124,7 @@ class Engine:
 
         self.data_dir, self.config, self.manifest = data_dir, config, manifest
         self.catalog, self.history = catalog, history
-        self.scorer = load_scorer(data_dir / "scorer")
+        self.scorer = load_scorer(data_dir / "scorer", mmap=False)  # ~11 MB for ML-100K: RAM beats page faults
         self.persona_store = SqlitePersonaStore(data_dir / "personas.sqlite")
         provenance = {"dataset": manifest["dataset"]["name"], "dataset_key": manifest["source_key"],
                       "scorer": {"kind": config.scorer, **self.scorer.config_dict()},
@@ -176,18 +176,21 @@ class Engine:
             self._embedder = make_embedder(self.config.embedder)
         return self._embedder
 
-    def search_catalog(self, query: str, k: int = 200) -> list[tuple[str, float]]:
-        """Semantic search of the catalog: (item id, cosine) best first."""
+    def search_catalog(self, query: str, k: int = 100, relative_floor: float = 0.5) -> list[tuple[str, float]]:
+        """Semantic search of the catalog: up to ``k`` (item id, cosine) pairs, best first, keeping
+        only items at least ``relative_floor`` times as similar as the best match (a query about
+        ghosts should not pull in the whole catalog when few items match)."""
         if not query or not query.strip():
             raise UsageError("query", query, "a non-empty text")
         vecs = np.load(self.data_dir / "item_text.npy", mmap_mode="r")
         q = self.embedder().embed([query])[0]
         sims = np.asarray(vecs @ q)
-        order = np.argsort(-sims)[:k]
-        return [(self.catalog.item(int(i)).item_id, float(sims[i])) for i in order]
+        order = np.argsort(-sims, kind="stable")[:k]
+        floor = relative_floor * max(float(sims[order[0]]), 0.0) if len(order) else 0.0
+        return [(self.catalog.item(int(i)).item_id, float(sims[i])) for i in order if sims[i] > 0 and sims[i] >= floor]
 
     def recommend(self, user_id: str, k: int = 10, mode: str = "relevance", *,
-                  categories: Sequence[str] | None = None, query: str | None = None, query_pool: int = 200,
+                  categories: Sequence[str] | None = None, query: str | None = None, query_pool: int = 100,
                   persona_focus: dict[str, float] | None = None,
                   exclude_items: Sequence[str] | None = None) -> RecommendationList:
         """Top-k for a user; ``query`` keeps the ``query_pool`` items closest to the text."""

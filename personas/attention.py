@@ -101,6 +101,24 @@ class PersonaScores:
             return np.full(c.shape[1], -1, dtype=np.int64)
         return np.argmax(c, axis=0)
 
+    def evidence_many(self, items: Sequence[int], personas: Sequence[int], n: int = 3) -> list[list[tuple[int, float]]]:
+        """:meth:`evidence` for several (item, persona) pairs, one matrix read per persona."""
+        items = np.asarray(items, dtype=np.int64)
+        personas = np.asarray(personas, dtype=np.int64)
+        out: list[list[tuple[int, float]]] = [[] for _ in range(len(items))]
+        for r in np.unique(personas):
+            rows = np.flatnonzero(personas == r)
+            g = self.groups[r]
+            if len(g) == 0:
+                continue
+            W = self.scorer.item_weights(g, items[rows])  # (|g|, len(rows))
+            for col, row in enumerate(rows):
+                w = W[:, col]
+                order = np.lexsort((g, -w))[:n]
+                picked = [(int(g[o]), float(w[o])) for o in order if w[o] > 0]
+                out[row] = picked or [(int(g[order[0]]), float(w[order[0]]))]
+        return out
+
     def evidence(self, item: int, persona: int, n: int = 3) -> list[tuple[int, float]]:
         """The persona's history items that support ``item`` most: (position, B[j, item]) pairs."""
         g = self.groups[persona]

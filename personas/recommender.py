@@ -126,12 +126,12 @@ class PersonaRecommender:
             att = PersonaScores(ps.persona_ids, ps.groups, ps.contributions * mult[:, None].astype(np.float32),
                                 ps.residual, ps.scorer).attention(chosen, self.attention_config)
         items = []
-        n_ev = self.attention_config.evidence_per_item
-        for rank, (i, a) in enumerate(zip(chosen, att), start=1):
-            r = int(ctx.responsible[i])
-            persona = pset.personas[r]
+        resp = ctx.responsible[chosen]
+        evidence = ps.evidence_many(chosen, resp, self.attention_config.evidence_per_item)
+        for rank, (i, a, r, pairs) in enumerate(zip(chosen, att, resp, evidence), start=1):
+            persona = pset.personas[int(r)]
             ev = [EvidenceItem(item_id=self.catalog.item(j).item_id, title=self.catalog.title(j), weight=round(w, 6))
-                  for j, w in ps.evidence(int(i), r, n_ev)]
+                  for j, w in pairs]
             it = self.catalog.item(int(i))
             items.append(Recommendation(
                 item_id=it.item_id, title=it.title, score=float(ctx.scores[i]), rank=rank,

@@ -19,11 +19,15 @@ import numpy as np
 from memory.errors import UnknownUserError, UsageError
 from personas.model import Persona, PersonaSet, PersonaVersion, utcnow
 
-_CONTENT_FIELDS = ("name", "description", "weight", "evidence", "categories", "embedding", "text_source")
+_CONTENT_FIELDS = ("name", "description", "weight", "evidence", "categories", "text_source")
 
 
 def _changed(old: Persona | None, new: Persona) -> bool:
-    return old is None or any(getattr(old, f) != getattr(new, f) for f in _CONTENT_FIELDS)
+    if old is None or any(getattr(old, f) != getattr(new, f) for f in _CONTENT_FIELDS):
+        return True
+    # embeddings are stored as float32: compare at that precision
+    a, b = np.asarray(old.embedding, np.float32), np.asarray(new.embedding, np.float32)
+    return a.shape != b.shape or not np.array_equal(a, b)
 
 
 class PersonaStore(ABC):
