@@ -37,7 +37,7 @@ from personas.recommendation import RecommendationList
 from personas.recommender import PersonaRecommender
 from personas.scorers import load_scorer, make_scorer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _file_stamp(path: Path) -> list:
@@ -133,6 +133,7 @@ class Engine:
                                               attention=config.attention, provenance=provenance)
         self._embedder = None
         self._catalog_index = None
+        self._memory_store = None
 
     # ---- opening and building --------------------------------------------------------
     @classmethod
@@ -152,16 +153,18 @@ class Engine:
         if manifest_path.exists() and not rebuild:
             manifest = json.loads(manifest_path.read_text())
             if manifest.get("format_version") != FORMAT_VERSION:
-                raise DataFormatError(manifest_path, f"data directory format {manifest.get('format_version')} "
-                                                     f"is not {FORMAT_VERSION}; rebuild with --rebuild")
-            stored = EngineConfig.model_validate(manifest["config"])
-            if manifest.get("source_key") == skey and stored.cache_key() == config.cache_key():
+                if data_dir:
+                    raise DataFormatError(manifest_path, f"data directory format {manifest.get('format_version')} "
+                                                         f"is not {FORMAT_VERSION}; rebuild with --rebuild")
+                manifest = {}  # a cache folder from an older release: rebuilt below
+            stored = EngineConfig.model_validate(manifest["config"]) if manifest else None
+            if stored and manifest.get("source_key") == skey and stored.cache_key() == config.cache_key():
                 catalog = Catalog.from_records(json.loads((ddir / "catalog.json").read_text()))
                 history = HistoryIndex.load(ddir / "history.npz")
                 if validate:
                     validate(history)
                 return cls(ddir, config, manifest, catalog, history)
-            if data_dir:  # an explicit folder built for other data or settings: never overwrite silently
+            if data_dir and manifest:  # an explicit folder built for other data or settings: never overwrite silently
                 raise UsageError("data dir", str(ddir), "a folder built for the same data and settings, "
                                                         "an empty folder, or --rebuild to replace it")
         build_into(ddir, source, config, progress=progress, validate=validate)
@@ -176,18 +179,37 @@ class Engine:
             self._embedder = make_embedder(self.config.embedder)
         return self._embedder
 
+    def memory_store(self):
+        """The FAISS + SQLite memory of this data directory (catalog, episodic, semantic)."""
+        if self._memory_store is None:
+            import faiss
+
+            from memory.store import FaissMemoryStore
+
+            # per-query problems here are small: FAISS's OpenMP start-up costs more than it saves
+            faiss.omp_set_num_threads(1)
+            self._memory_store = FaissMemoryStore(self.data_dir / "memory", dim=int(self.manifest["text_dim"]))
+        return self._memory_store
+
+    def catalog_index(self):
+        """Semantic index of the catalog (FAISS)."""
+        if self._catalog_index is None:
+            from memory.memories import CatalogIndex
+
+            self._catalog_index = CatalogIndex(self.memory_store(), self.embedder())
+        return self._catalog_index
+
     def search_catalog(self, query: str, k: int = 100, relative_floor: float = 0.5) -> list[tuple[str, float]]:
         """Semantic search of the catalog: up to ``k`` (item id, cosine) pairs, best first, keeping
         only items at least ``relative_floor`` times as similar as the best match (a query about
         ghosts should not pull in the whole catalog when few items match)."""
         if not query or not query.strip():
             raise UsageError("query", query, "a non-empty text")
-        vecs = np.load(self.data_dir / "item_text.npy", mmap_mode="r")
-        q = self.embedder().embed([query])[0]
-        sims = np.asarray(vecs @ q)
-        order = np.argsort(-sims, kind="stable")[:k]
-        floor = relative_floor * max(float(sims[order[0]]), 0.0) if len(order) else 0.0
-        return [(self.catalog.item(int(i)).item_id, float(sims[i])) for i in order if sims[i] > 0 and sims[i] >= floor]
+        hits = self.catalog_index().search(query, k=k)
+        if not hits:
+            return []
+        floor = relative_floor * max(hits[0][1], 0.0)
+        return [(iid, float(s)) for iid, s in hits if s > 0 and s >= floor]
 
     def recommend(self, user_id: str, k: int = 10, mode: str = "relevance", *,
                   categories: Sequence[str] | None = None, query: str | None = None, query_pool: int = 100,
@@ -207,6 +229,8 @@ class Engine:
 
     def close(self) -> None:
         self.persona_store.close()
+        if self._memory_store is not None:
+            self._memory_store.close()
 
 
 def build_into(ddir: Path, source: DataSource, config: EngineConfig, *, progress: bool = False,
@@ -263,6 +287,15 @@ def build_into(ddir: Path, source: DataSource, config: EngineConfig, *, progress
             _save_npy(stage / "item_space.npy", space)
             timings["item_space"] = time.perf_counter() - t
 
+            step = bar.task("Indexing the catalog (FAISS)", 1)
+            from memory.memories import CatalogIndex
+            from memory.store import FaissMemoryStore
+
+            mem = FaissMemoryStore(stage / "memory", dim=text_vectors.shape[1])
+            CatalogIndex(mem, embedder).add_items(dict(zip(catalog.item_ids, texts)))  # cached vectors
+            mem.close()
+            step()
+
             step = bar.task("Inducing personas", len(history.user_ids))
             t = time.perf_counter()
             inducer = PersonaInducer(catalog, space, text_vectors, config.induction)
@@ -277,7 +310,7 @@ def build_into(ddir: Path, source: DataSource, config: EngineConfig, *, progress
 
         manifest = {"format_version": FORMAT_VERSION, "source": source.model_dump(mode="json"),
                     "source_key": source_key(source)[1], "config": config.model_dump(mode="json"),
-                    "dataset": dataset.describe(), "built_at": time.time(),
+                    "dataset": dataset.describe(), "built_at": time.time(), "text_dim": int(text_vectors.shape[1]),
                     "timings_s": {k: round(v, 3) for k, v in timings.items()},
                     "personas_per_user": _histogram(len(s.personas) for s in sets)}
         atomic_write_json(stage / "manifest.json", manifest)  # written last: marks the build complete

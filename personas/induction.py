@@ -41,11 +41,15 @@ class InductionConfig(BaseModel):
     """Seed of the k-means initialisation: same seed, same personas."""
 
 
-def silhouette_cosine(V: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Mean silhouette with cosine distance for unit rows ``V`` (points in singleton clusters score 0)."""
+def silhouette_cosine(V: np.ndarray, labels: np.ndarray, k: int, D: np.ndarray | None = None) -> float:
+    """Mean silhouette with cosine distance for unit rows ``V`` (points in singleton clusters score 0).
+
+    ``D`` (the cosine distance matrix) can be passed in when several labelings are scored.
+    """
     n = len(V)
-    D = 1.0 - V @ V.T
-    onehot = np.zeros((n, k), dtype=np.float64)
+    if D is None:
+        D = 1.0 - V @ V.T
+    onehot = np.zeros((n, k), dtype=D.dtype)
     onehot[np.arange(n), labels] = 1.0
     sums = D @ onehot  # (n, k) total distance to each cluster
     counts = onehot.sum(0)
@@ -90,13 +94,14 @@ def choose_clusters(V: np.ndarray, cfg: InductionConfig) -> tuple[np.ndarray, di
     trace: dict = {"n_items": n, "silhouette": {}}
     best_k, best_s, best_lab = 1, -np.inf, np.zeros(n, dtype=np.int64)
     kmax = min(cfg.max_personas, n // cfg.min_support)
+    D = (1.0 - V @ V.T).astype(np.float32) if kmax >= 2 else None
     for k in range(2, kmax + 1):
         lab, _ = _kmeans(V, k, cfg)
         sizes = np.bincount(lab, minlength=k)
         if sizes.min() < cfg.min_support:
             trace["silhouette"][k] = None  # inadmissible: a cluster below min_support
             continue
-        s = silhouette_cosine(V, lab, k)
+        s = silhouette_cosine(V, lab, k, D)
         trace["silhouette"][k] = round(s, 4)
         if s > best_s:
             best_k, best_s, best_lab = k, s, lab
