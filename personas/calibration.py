@@ -1,31 +1,44 @@
-"""Calibrated greedy re-ranking (Steck 2018), generalised to personas and exposure.
+"""Calibrated greedy re-ranking (Steck, RecSys 2018), extended with personas and exposure.
 
-Re-ranks the top-``N`` candidates of a base scorer by greedily adding, at each step, the item
-that maximises the list objective
+From a base scorer's top-N candidates, the list is built greedily; each step adds the item that
+maximises the list objective
 
-    (1 - lam) * sum_{i in L} rel(i)
-    - lam * KL(p_genre(u) || q~_genre(L))
-    - mu  * KL(w_persona(u) || q~_persona(L))
-    + beta * sum_{i in L} novelty(i)
+    (1 - lam) * sum_{i in L} rel(i)  -  lam * KL(p(g|u) || q~(g|L))
+                                      -  mu  * KL(w(u)   || q~(persona|L))
+                                      +  beta * sum_{i in L} 1 / (1 + exposure(i))
 
-where ``q~ = (1 - a) q + a p`` (a = 0.01) as in Steck, ``rel`` is either the min-max normalised
-score or the rank weight ``1/log2(rank + 2)`` of the base ranking, ``q_persona`` counts each
-item for its responsible persona, and ``novelty(i) = 1 / (1 + exposure(i))`` rewards items not
-yet shown to anyone. With ``mu = beta = 0`` this is exactly Steck's calibrated re-ranker.
-Optionally the chosen list is re-sorted by base rank (the set, hence calibration and coverage,
-is unchanged; accuracy-at-rank improves).
+``q~ = (1 - alpha) q + alpha p`` (alpha = 0.01, Steck's smoothing). ``rel`` is ``rank``
+(``1/log2(base_rank + 2)``, scale-free) or ``minmax`` (base scores min-max normalised over the
+user's candidates, as in Steck's paper). The persona term counts each item for its responsible
+persona and compares the list's persona mix with the persona weights ``w(u)``. The exposure
+term rewards items shown to few users so far; exposure is counted as lists are produced and
+updated after every ``exposure_chunk`` users. With ``mu = beta = 0`` this is exactly Steck's
+re-ranker. ``resort`` re-orders the chosen set by base rank: calibration and coverage depend on
+the set only, accuracy-at-rank improves.
 
-Everything is vectorised over a batch of users; exposure is updated between batches.
+The greedy step is vectorised over users and candidates: the list's genre (and persona) sums
+are kept incrementally, so a step costs O(users x N x genres) array work.
+
+Example:
+    >>> import numpy as np
+    >>> C = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # p(g|i) for 3 items, 2 genres
+    >>> cand, scores = np.array([[0, 1, 2]]), np.array([[3.0, 2.0, 1.0]])
+    >>> p = np.array([[0.5, 0.5]])                           # the user likes both genres equally
+    >>> calibrated_rerank(cand, scores, p, C, CalibrationConfig(k=2, lam=0.0))
+    array([[0, 1]])
+    >>> calibrated_rerank(cand, scores, p, C, CalibrationConfig(k=2, lam=0.5))
+    array([[0, 2]])
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-ALPHA = 0.01
+STECK_ALPHA = 0.01
 
 
 class CalibrationConfig(BaseModel):
@@ -33,117 +46,148 @@ class CalibrationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lam: float = Field(0.3, ge=0, le=1)
-    """Weight of genre miscalibration against relevance (Steck's lambda)."""
+    lam: float = Field(0.25, ge=0, le=1)
+    """Genre trade-off lambda: 0 keeps the base order, 1 optimises genre calibration alone."""
     mu: float = Field(0.0, ge=0)
-    """Weight of persona miscalibration (KL between persona weights and the list's persona mix)."""
+    """Weight of persona miscalibration (the list's persona mix against the persona weights)."""
     beta: float = Field(0.0, ge=0)
-    """Weight of the novelty bonus ``1/(1 + exposure)`` for items rarely shown so far."""
+    """Weight of the exposure bonus ``1/(1 + exposure)`` (items shown to few users so far)."""
+    k: int = Field(10, gt=0)
+    """Length of the re-ranked list."""
+    n_candidates: int = Field(100, gt=0)
+    """The base scorer's top-N unseen items the list is chosen from."""
     relevance: Literal["rank", "minmax"] = "rank"
-    """``rank``: 1/log2(rank+2) of the base rank; ``minmax``: scores min-max scaled over the candidates."""
-    candidates: int = Field(100, gt=0)
-    """How many top base items are re-ranked."""
+    """``rank``: ``1/log2(base_rank+2)`` per chosen item; ``minmax``: the base score min-max
+    normalised over the user's candidates (all 0 when every candidate scores the same)."""
     resort: bool = False
-    """Re-sort the chosen list by base rank."""
+    """Re-order the chosen items by base rank."""
+    alpha: float = Field(STECK_ALPHA, gt=0, le=1)
+    """Smoothing of the list distribution toward the user's, ``q~ = (1-alpha) q + alpha p``."""
+    chunk: int = Field(2048, gt=0)
+    """Users re-ranked together (bounds memory at ``chunk * N * genres`` floats)."""
+    exposure_chunk: int = Field(32, gt=0)
+    """With ``beta > 0``: users re-ranked between two exposure updates."""
 
     def label(self) -> str:
-        parts = [f"{self.relevance}", f"lam={self.lam:g}"]
+        """A short name for reports, e.g. ``rank lam=0.3 mu=0.1 beta=0.05 resort``."""
+        parts = [self.relevance, f"lam={self.lam:g}"]
         if self.mu:
             parts.append(f"mu={self.mu:g}")
         if self.beta:
             parts.append(f"beta={self.beta:g}")
         if self.resort:
             parts.append("resort")
-        return ",".join(parts)
+        return " ".join(parts)
 
 
-def _kl(p: np.ndarray, q_sum: np.ndarray, n: np.ndarray | float) -> np.ndarray:
-    """KL(p || q~) where q = q_sum / n (n > 0); p: (..., G) broadcastable with q_sum."""
-    q = q_sum / n
-    q_t = (1 - ALPHA) * q + ALPHA * p
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0) / np.where(q_t > 0, q_t, 1.0)), 0.0)
-    return terms.sum(axis=-1)
-
-
-def relevance_gains(scores_sorted: np.ndarray, kind: str) -> np.ndarray:
-    """(U, N) gains from candidates sorted by descending base score."""
-    U, N = scores_sorted.shape
+def relevance_gains(candidates: np.ndarray, scores: np.ndarray, kind: str) -> np.ndarray:
+    """(users, N) relevance of each candidate (0 for padding)."""
+    valid = candidates >= 0
     if kind == "rank":
-        return np.broadcast_to(1.0 / np.log2(np.arange(N) + 2.0), (U, N)).astype(np.float64)
-    lo = scores_sorted.min(axis=1, keepdims=True)
-    hi = scores_sorted.max(axis=1, keepdims=True)
-    return ((scores_sorted - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float64)
+        rel = np.broadcast_to(1.0 / np.log2(np.arange(candidates.shape[1]) + 2.0), candidates.shape)
+        return np.where(valid, rel, 0.0)
+    s = np.where(valid, scores, np.nan).astype(np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (no candidates) are handled below
+        lo = np.nanmin(s, axis=1, keepdims=True)
+        hi = np.nanmax(s, axis=1, keepdims=True)
+    span = hi - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(span > 0, (s - lo) / np.where(span > 0, span, 1.0), 0.0)
+    return np.where(valid, rel, 0.0)
 
 
-def calibrated_rerank(cand: np.ndarray, cand_scores: np.ndarray, k: int, config: CalibrationConfig, *,
-                      genre_dist: np.ndarray, user_genres: np.ndarray,
+def calibrated_rerank(candidates: np.ndarray, scores: np.ndarray, profiles: np.ndarray,
+                      category_dist: np.ndarray, config: CalibrationConfig | None = None, *,
                       cand_persona: np.ndarray | None = None, persona_weights: np.ndarray | None = None,
-                      exposure: np.ndarray | None = None, batch: int = 64) -> np.ndarray:
-    """Re-rank candidates for many users.
+                      exposure: np.ndarray | None = None) -> np.ndarray:
+    """Choose ``config.k`` items per user from ``candidates`` by the greedy objective above.
 
     Args:
-        cand: (U, N) item positions, sorted by descending base score (pad with -1).
-        cand_scores: (U, N) their base scores (ignored where cand is -1).
-        k: list length.
-        genre_dist: (n_items, G) ``p(g|i)``.
-        user_genres: (U, G) ``p(g|u)``.
-        cand_persona: (U, N) responsible persona index of each candidate (needed when mu > 0).
-        persona_weights: (U, P) persona weights (zero padded; needed when mu > 0).
-        exposure: (n_items,) times each item was already recommended; updated in place
-            after every batch of users (needed when beta > 0).
+        candidates: ``(users, N)`` item positions in base order (best first), ``-1`` for none.
+        scores: ``(users, N)`` base scores of the candidates (read by ``minmax`` relevance only).
+        profiles: ``(users, genres)`` the users' ``p(g|u)``.
+        category_dist: ``(n_items, genres)`` ``p(g|i)``.
+        cand_persona: ``(users, N)`` responsible persona index of each candidate (for ``mu``).
+        persona_weights: ``(users, P)`` persona weights, zero-padded (for ``mu``).
+        exposure: ``(n_items,)`` how often each item was already recommended (for ``beta``);
+            incremented in place with the chosen lists.
+
     Returns:
-        (U, k) chosen item positions (-1 where fewer than k candidates exist).
+        ``(users, k)`` chosen item positions (in pick order, or base order with ``resort``);
+        ``-1`` pads users with fewer than ``k`` candidates. With ``lam = mu = beta = 0`` this is
+        the base order. A user with an all-zero profile keeps the base order.
     """
-    U, N = cand.shape
-    out = np.full((U, k), -1, dtype=np.int64)
-    use_persona = config.mu > 0 and cand_persona is not None and persona_weights is not None
-    use_bonus = config.beta > 0 and exposure is not None
-    for s in range(0, U, batch):
-        sl = slice(s, min(U, s + batch))
-        c = cand[sl]
-        valid = c >= 0
-        B = c.shape[0]
-        rows = np.arange(B)
-        rel = relevance_gains(np.where(valid, cand_scores[sl], -np.inf) if config.relevance == "rank"
-                              else np.where(valid, cand_scores[sl], np.nan_to_num(cand_scores[sl]).min()),
-                              config.relevance)
-        G = genre_dist[np.where(valid, c, 0)]  # (B, N, G)
-        p = user_genres[sl]  # (B, G)
-        gsum = np.zeros_like(p)
+    c = config or CalibrationConfig()
+    candidates = np.asarray(candidates, dtype=np.int64)
+    n_users, n_cand = candidates.shape
+    C = np.asarray(category_dist, dtype=np.float32)
+    P = np.asarray(profiles, dtype=np.float32)
+    if P.shape != (n_users, C.shape[1]):
+        raise ValueError(f"profiles must be ({n_users}, {C.shape[1]}), got {P.shape}")
+    use_persona = c.mu > 0
+    if use_persona and (cand_persona is None or persona_weights is None):
+        raise ValueError("mu > 0 needs cand_persona and persona_weights")
+    use_exposure = c.beta > 0
+    if use_exposure and exposure is None:
+        raise ValueError("beta > 0 needs the exposure counts")
+    W = np.asarray(persona_weights, dtype=np.float32) if use_persona else None
+    rel_all = relevance_gains(candidates, np.asarray(scores), c.relevance).astype(np.float32)
+    k = min(c.k, n_cand)
+    out = np.full((n_users, c.k), -1, np.int64)
+    step_users = min(c.chunk, c.exposure_chunk) if use_exposure else c.chunk
+    for s in range(0, n_users, step_users):
+        sl = slice(s, s + step_users)
+        cand = candidates[sl]
+        b = cand.shape[0]
+        rows = np.arange(b)
+        p = P[sl]
+        valid = cand >= 0
+        cat = C[np.maximum(cand, 0)] * valid[..., None]  # (b, N, G)
+        base = (1.0 - c.lam) * rel_all[sl]
+        if use_exposure:
+            base = base + c.beta * valid / (1.0 + exposure[np.maximum(cand, 0)]).astype(np.float32)
+        # log(q~) is only needed where p > 0 (the KL's other terms are 0); adding 1 where p == 0
+        # keeps the log finite there without a mask in the inner loop
+        p_zero = (p == 0)[:, None, :].astype(np.float32)
+        ap = (c.alpha * p)[:, None, :]
         if use_persona:
-            w = persona_weights[sl]
-            Pn = w.shape[1]
-            onehot = np.zeros((B, N, Pn))
-            cp = np.where(valid, cand_persona[sl], 0)
-            onehot[rows[:, None], np.arange(N)[None, :], np.clip(cp, 0, Pn - 1)] = 1.0
-            psum = np.zeros_like(w)
-        bonus = (config.beta / (1.0 + exposure[np.where(valid, c, 0)])) if use_bonus else 0.0
-        base = (1.0 - config.lam) * rel + bonus
+            w = W[sl]
+            n_p = w.shape[1]
+            onehot = np.zeros((b, n_cand, n_p), np.float32)
+            cp = np.asarray(cand_persona[sl], dtype=np.int64)
+            ok_p = valid & (cp >= 0) & (cp < n_p)
+            onehot[rows[:, None].repeat(n_cand, 1)[ok_p], np.nonzero(ok_p)[1], cp[ok_p]] = 1.0
+            w_zero = (w == 0)[:, None, :].astype(np.float32)
+            aw = (c.alpha * w)[:, None, :]
+            persona_sum = np.zeros((b, n_p), np.float32)
         taken = ~valid
-        chosen_idx = np.full((B, k), -1, dtype=np.int64)
-        for t in range(k):
-            n = t + 1
+        list_sum = np.zeros((b, C.shape[1]), np.float32)
+        picks = np.full((b, k), -1, np.int64)
+        for step in range(k):
             obj = base.copy()
-            if config.lam > 0:
-                obj -= config.lam * _kl(p[:, None, :], gsum[:, None, :] + G, n)
+            if c.lam > 0:
+                q = (list_sum[:, None, :] + cat) / (step + 1.0)
+                # -C_KL up to the constant sum_g p log p: the argmax is unchanged
+                obj += c.lam * np.einsum("bg,bng->bn", p, np.log((1.0 - c.alpha) * q + ap + p_zero))
             if use_persona:
-                obj -= config.mu * _kl(w[:, None, :], psum[:, None, :] + onehot, n)
+                qp = (persona_sum[:, None, :] + onehot) / (step + 1.0)
+                obj += c.mu * np.einsum("bp,bnp->bn", w, np.log((1.0 - c.alpha) * qp + aw + w_zero))
             obj[taken] = -np.inf
-            best = np.argmax(obj, axis=1)
-            ok = np.isfinite(obj[rows, best])
-            chosen_idx[ok, t] = best[ok]
-            taken[rows[ok], best[ok]] = True
-            gsum[ok] += G[rows[ok], best[ok]]
+            pick = np.argmax(obj, axis=1)  # first maximum: ties go to the better base rank
+            ok = ~taken[rows, pick]
+            picks[rows[ok], step] = pick[ok]
+            taken[rows, pick] = True
+            list_sum += cat[rows, pick] * ok[:, None]
             if use_persona:
-                psum[ok] += onehot[rows[ok], best[ok]]
-        if config.resort:
-            chosen_idx = np.where(chosen_idx >= 0, chosen_idx, N + 1)
-            chosen_idx.sort(axis=1)
-            chosen_idx = np.where(chosen_idx <= N, chosen_idx, -1)
-        picked = np.where(chosen_idx >= 0, np.take_along_axis(c, np.maximum(chosen_idx, 0), axis=1), -1)
-        out[sl] = picked
-        if use_bonus:
-            got = picked[picked >= 0]
+                persona_sum += onehot[rows, pick] * ok[:, None]
+        if c.resort:
+            picks = np.where(picks >= 0, picks, n_cand)
+            picks.sort(axis=1)
+            picks = np.where(picks < n_cand, picks, -1)
+        chosen = np.where(picks >= 0, np.take_along_axis(cand, np.maximum(picks, 0), axis=1), -1)
+        out[sl, :k] = chosen
+        if use_exposure:
+            got = chosen[chosen >= 0]
             np.add.at(exposure, got, 1)
     return out
