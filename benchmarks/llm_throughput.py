@@ -51,20 +51,28 @@ ANCHOR_H100 = {"sequential_10": 54.9, "batched_10": 156.8, "batch_64": 916.0}
 TARGET_FACTOR = 5.0
 BACKENDS = ("transformers", "transformers_optimised", "vllm")
 
-LLAMA_1B_SHAPE = dict(
-    hidden_size=2048,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    intermediate_size=8192,
-    vocab_size=128256,
-    tie_word_embeddings=True,
-    max_position_embeddings=4096,
-    rope_theta=500000.0,
-    head_dim=64,
+LLAMA_1B_SHAPE = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 8192,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 4096,
+    "rope_theta": 500000.0,
+    "head_dim": 64,
+}
+TINY_SHAPE = dict(
+    LLAMA_1B_SHAPE,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=1024,
+    head_dim=16,
 )
-TINY_SHAPE = dict(LLAMA_1B_SHAPE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, intermediate_size=128, vocab_size=1024, head_dim=16)
 
 
 def llama_config(tiny: bool):
@@ -97,8 +105,12 @@ def bench_transformers(args, optimised: bool) -> dict:
         model = LlamaForCausalLM(cfg).to(dtype).eval()
     startup = time.perf_counter() - t0
     gen = GenerationConfig(
-        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-        eos_token_id=None, pad_token_id=0, bos_token_id=None,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        bos_token_id=None,
     )
     extra = {}
     if optimised:
@@ -144,19 +156,29 @@ def bench_vllm(args) -> dict:
     t0 = time.perf_counter()
     # dummy weights: vLLM fills the tensors randomly, nothing to download or save
     llm = LLM(
-        model=str(folder), load_format="dummy", skip_tokenizer_init=True, dtype=args.dtype, seed=0,
+        model=str(folder),
+        load_format="dummy",
+        skip_tokenizer_init=True,
+        dtype=args.dtype,
+        seed=0,
         gpu_memory_utilization=args.gpu_memory_utilization,
         max_model_len=args.prompt_tokens + args.new_tokens + 16,
         max_num_seqs=max(args.big_batch, 16),
     )
     startup = time.perf_counter() - t0
     sp = SamplingParams(
-        temperature=0.0, max_tokens=args.new_tokens, min_tokens=args.new_tokens, ignore_eos=True, detokenize=False
+        temperature=0.0,
+        max_tokens=args.new_tokens,
+        min_tokens=args.new_tokens,
+        ignore_eos=True,
+        detokenize=False,
     )
     rng = np.random.default_rng(0)
 
     def run(batch: int) -> float:
-        prompts = [{"prompt_token_ids": p} for p in random_prompts(rng, batch, args.prompt_tokens, cfg.vocab_size)]
+        prompts = [
+            {"prompt_token_ids": p} for p in random_prompts(rng, batch, args.prompt_tokens, cfg.vocab_size)
+        ]
         t = time.perf_counter()
         outs = llm.generate(prompts, sp, use_tqdm=False)
         dt = time.perf_counter() - t
@@ -234,17 +256,29 @@ def run_isolated(args, backend: str) -> dict:
         tmp = fh.name
     cmd = [sys.executable, __file__, "--child", backend, "--child-out", tmp] + child_args(args)
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout)[-3000:]
-        return {"error": f"exit code {proc.returncode}", "log_tail": tail, "elapsed_s": round(time.perf_counter() - t, 1)}
+        return {
+            "error": f"exit code {proc.returncode}",
+            "log_tail": tail,
+            "elapsed_s": round(time.perf_counter() - t, 1),
+        }
     return json.loads(Path(tmp).read_text())
 
 
 def child_args(args) -> list[str]:
     out = []
-    for k in ("device", "dtype", "prompt_tokens", "new_tokens", "n_explanations", "big_batch", "repeats",
-              "gpu_memory_utilization"):
+    for k in (
+        "device",
+        "dtype",
+        "prompt_tokens",
+        "new_tokens",
+        "n_explanations",
+        "big_batch",
+        "repeats",
+        "gpu_memory_utilization",
+    ):
         out += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     if args.tiny:
         out.append("--tiny")
@@ -291,7 +325,9 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "llm_throughput",
         "workload": {
-            "model": "random-weight Llama-3.2-1B shape" if not args.tiny else "tiny 2-layer Llama (smoke test)",
+            "model": "random-weight Llama-3.2-1B shape"
+            if not args.tiny
+            else "tiny 2-layer Llama (smoke test)",
             "shape": TINY_SHAPE if args.tiny else LLAMA_1B_SHAPE,
             "prompt_tokens": args.prompt_tokens,
             "new_tokens": args.new_tokens,
@@ -319,8 +355,18 @@ def main(argv: list[str] | None = None) -> dict:
             res["batch_64_vs_anchor"] = round(tok / ANCHOR_H100["batch_64"], 2)
             res["meets_target"] = tok >= report["target_batch_64_tok_s"]
         report["results"][name] = res
-        print(f"[{name}] " + json.dumps({k: (v["tok_s"] if isinstance(v, dict) and "tok_s" in v else v)
-                                          for k, v in res.items() if k != "log_tail"}), file=sys.stderr, flush=True)
+        print(
+            f"[{name}] "
+            + json.dumps(
+                {
+                    k: (v["tok_s"] if isinstance(v, dict) and "tok_s" in v else v)
+                    for k, v in res.items()
+                    if k != "log_tail"
+                }
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
