@@ -20,6 +20,8 @@ app = typer.Typer(name="plural", add_completion=False, no_args_is_help=True, pre
                        "attributed to one, with its evidence.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluation runs: accuracy, crowding out, persona quality.")
+app.add_typer(eval_app, name="eval")
 
 # ---- options shared by every command that reads data --------------------------------------
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="Packaged dataset: ml-100k or synthetic.")]
@@ -173,6 +175,94 @@ def data_info(
         con.print(f"[bold]{key:>18}[/]  {', '.join(v) if isinstance(v, list) else v}")
 
 
+@eval_app.command("rec")
+def eval_rec(
+    k: Annotated[Optional[list[int]], typer.Option("--k", help="List lengths (repeatable: --k 10 20).")] = None,
+    models: Annotated[Optional[list[str]], typer.Option("--models", help="Models to run (default: all).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Split seed.")] = 0,
+    split: Annotated[str, typer.Option("--split", help="random (per-user 80/20) or temporal (leave-last).")] = "random",
+    exclude: Annotated[str, typer.Option("--exclude", help="Never rank training 'positives' (reference) or all 'seen'.")] = "positives",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default runs/rec-<dataset>).")] = None,
+    embedder: Annotated[str, typer.Option("--embedder", help="Text embedder (all-MiniLM-L6-v2, or hash for a quick run).")] = "all-MiniLM-L6-v2",
+    multvae_epochs: Annotated[Optional[int], typer.Option("--multvae-epochs", help="Mult-VAE epochs.")] = None,
+    no_tradeoff: Annotated[bool, typer.Option("--no-tradeoff", help="Skip scoring every variant on test for the plot.")] = False,
+    dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
+    items: ItemsOpt = None, columns: ColumnsOpt = None,
+) -> None:
+    """Accuracy and crowding out: Plural's ranking modes beside the strongest baselines."""
+    from evals.harness import EvalConfig, RecEvaluation
+    from evals.report import write_reports
+    from evals.splits import SplitConfig
+
+    if split not in ("random", "temporal"):
+        raise UsageError("--split", split, ["random", "temporal"])
+    if exclude not in ("positives", "seen"):
+        raise UsageError("--exclude", exclude, ["positives", "seen"])
+    overrides = {"ks": k or [10, 20], "models": models or None, "split": SplitConfig(seed=seed, strategy=split),
+                 "exclude": exclude, "embedder": embedder, "tradeoff_on_test": not no_tradeoff}
+    if multvae_epochs:
+        from evals.baselines import MultVAEConfig
+
+        overrides["multvae"] = MultVAEConfig(epochs=multvae_epochs)
+    cfg = EvalConfig(**overrides)
+    cfg.selected_models()  # unknown names fail before any work
+    ds = _source(dataset, data, train, test, items, columns).load()
+    with _RichProgress(sys.stderr.isatty()) as bar:
+        doc = RecEvaluation(ds, cfg, progress=bar.task).run()
+    paths = write_reports(doc, out or Path("runs") / f"rec-{ds.name}")
+    from evals.report import markdown_table
+
+    con = _console()
+    con.print(markdown_table(doc, min(cfg.ks)))
+    rb = doc.get("research_bar", {}).get("b_persona_calibrated_vs_steck")
+    if rb:
+        con.print(f"persona_calibrated vs EASE: NDCG x{rb['ndcg_ratio']}, C_KL x{rb['c_kl_ratio']}, minority recall "
+                  f"x{rb['minority_recall_ratio']}, coverage x{rb['coverage_ratio']} (Steck: x{rb['steck_ndcg_ratio']}, "
+                  f"x{rb['steck_c_kl_ratio']}, x{rb['steck_minority_recall_ratio']}, x{rb['steck_coverage_ratio']}); "
+                  f"research bar {'passed' if rb['passed'] else 'not passed'}")
+    con.print(f"{doc['timings_s']['total']:.1f} s; wrote " + ", ".join(paths.values()))
+
+
+class _RichProgress:
+    """A progress bar per stage on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool):
+        from agent.engine import Progress
+
+        self._p = Progress(enabled)
+
+    def __enter__(self):
+        self._p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._p.__exit__(*exc)
+
+    def task(self, description: str, total: int):
+        return self._p.task(description, total)
+
+
+_LIST_OPTIONS = {("eval", "rec"): ("--k", "--models")}
+
+
+def _expand_list_options(argv: list[str]) -> list[str]:
+    """Let ``--k 10 20`` mean ``--k 10 --k 20`` (and likewise ``--models a b``) for commands
+    whose options take several values."""
+    opts = next((o for cmd, o in _LIST_OPTIONS.items() if list(cmd) == argv[:len(cmd)]), ())
+    if not opts:
+        return argv
+    out, current = [], None
+    for tok in argv:
+        if tok.startswith("-"):
+            current = tok if tok in opts else None
+            out.append(tok)
+        elif current is not None and out[-1] != current:
+            out += [current, tok]
+        else:
+            out.append(tok)
+    return out
+
+
 # ---- entry point ------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 error, 2 usage error)."""
@@ -182,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         from click import exceptions as click_exc
 
     try:
-        app(args=argv, standalone_mode=False, prog_name="plural")
+        args = list(sys.argv[1:] if argv is None else argv)
+        app(args=_expand_list_options(args), standalone_mode=False, prog_name="plural")
         return 0
     except typer.Exit as e:
         return e.exit_code

@@ -184,6 +184,14 @@ class MultVAE(Scorer):
                                        is_coalesced=True, check_invariants=False)
 
     def fit(self, X: sp.csr_matrix) -> "MultVAE":
+        from threadpoolctl import threadpool_limits
+
+        # numpy's BLAS threads spin-wait after large products (e.g. EASE's inversion) and fight
+        # torch's threads for the cores: measured 7x slower training on 2 cores without this
+        with threadpool_limits(1, user_api="blas"):
+            return self._fit(X)
+
+    def _fit(self, X: sp.csr_matrix) -> "MultVAE":
         import torch
 
         c = self.config

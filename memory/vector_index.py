@@ -257,12 +257,9 @@ class ExactVectorIndex(VectorIndex):
 
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - faiss-cpu is a hard dependency
-        raise UsageError("vector index backend", "faiss",
-                         "install faiss-cpu (or faiss-gpu for GPU search)") from e
-    return faiss
+    from memory.faiss_runtime import load_faiss
+
+    return load_faiss()
 
 
 _GPU_RESOURCES: list[Any] = []

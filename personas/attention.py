@@ -127,3 +127,25 @@ class PersonaScores:
         w = self.scorer.item_weights(g, [item])[:, 0]
         order = np.lexsort((g, -w))[:n]
         return [(int(g[o]), float(w[o])) for o in order if w[o] > 0] or [(int(g[order[0]]), float(w[order[0]]))]
+
+
+def persona_ranks(contributions: np.ndarray, responsible: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """(n_items,) 0-based rank of each item in its responsible persona's own ranking.
+
+    Each persona ranks the allowed items by its contribution ``s_k``; an item's persona rank is
+    its position in the ranking of the persona responsible for it (disallowed items get
+    ``n_items``). Intent-aware relevance uses it: a minority persona's best item has rank 0.
+    """
+    n = contributions.shape[1]
+    out = np.full(n, n, dtype=np.int64)
+    idx = np.flatnonzero(allowed)
+    for k in range(contributions.shape[0]):
+        mine = idx[responsible[idx] == k]
+        if len(mine) == 0:
+            continue
+        s = contributions[k, idx]
+        order = idx[np.lexsort((idx, -s))]
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        out[mine] = rank[mine]
+    return out

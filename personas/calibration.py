@@ -5,14 +5,14 @@ maximises the list objective
 
     (1 - lam) * sum_{i in L} rel(i)  -  lam * KL(p(g|u) || q~(g|L))
                                       -  mu  * KL(w(u)   || q~(persona|L))
-                                      +  beta * sum_{i in L} 1 / (1 + exposure(i))
+                                      +  beta * sum_{i in L} novelty(i)
 
 ``q~ = (1 - alpha) q + alpha p`` (alpha = 0.01, Steck's smoothing). ``rel`` is ``rank``
 (``1/log2(base_rank + 2)``, scale-free) or ``minmax`` (base scores min-max normalised over the
 user's candidates, as in Steck's paper). The persona term counts each item for its responsible
 persona and compares the list's persona mix with the persona weights ``w(u)``. The exposure
-term rewards items shown to few users so far; exposure is counted as lists are produced and
-updated after every ``exposure_chunk`` users. With ``mu = beta = 0`` this is exactly Steck's
+term rewards items shown to no one (or few users) so far; exposure is counted as lists are
+produced and updated after every ``exposure_chunk`` users. With ``mu = beta = 0`` this is exactly Steck's
 re-ranker. ``resort`` re-orders the chosen set by base rank: calibration and coverage depend on
 the set only, accuracy-at-rank improves.
 
@@ -51,7 +51,10 @@ class CalibrationConfig(BaseModel):
     mu: float = Field(0.0, ge=0)
     """Weight of persona miscalibration (the list's persona mix against the persona weights)."""
     beta: float = Field(0.0, ge=0)
-    """Weight of the exposure bonus ``1/(1 + exposure)`` (items shown to few users so far)."""
+    """Weight of the exposure bonus for items shown to few users so far (see ``novelty``)."""
+    novelty: Literal["unseen", "inverse"] = "unseen"
+    """Exposure bonus shape: ``unseen`` = 1 for items no one was shown yet, else 0;
+    ``inverse`` = ``1 / (1 + exposure)``."""
     k: int = Field(10, gt=0)
     """Length of the re-ranked list."""
     n_candidates: int = Field(100, gt=0)
@@ -59,6 +62,10 @@ class CalibrationConfig(BaseModel):
     relevance: Literal["rank", "minmax"] = "rank"
     """``rank``: ``1/log2(base_rank+2)`` per chosen item; ``minmax``: the base score min-max
     normalised over the user's candidates (all 0 when every candidate scores the same)."""
+    gamma: float = Field(0.0, ge=0, le=1)
+    """Intent-aware share of relevance: ``(1-gamma) rel + gamma / log2(persona_rank + 2)``, where
+    ``persona_rank`` is the candidate's rank in its responsible persona's own contribution
+    ranking (so a minority persona's best items count as highly relevant)."""
     resort: bool = False
     """Re-order the chosen items by base rank."""
     alpha: float = Field(STECK_ALPHA, gt=0, le=1)
@@ -71,10 +78,12 @@ class CalibrationConfig(BaseModel):
     def label(self) -> str:
         """A short name for reports, e.g. ``rank lam=0.3 mu=0.1 beta=0.05 resort``."""
         parts = [self.relevance, f"lam={self.lam:g}"]
+        if self.gamma:
+            parts.append(f"gamma={self.gamma:g}")
         if self.mu:
             parts.append(f"mu={self.mu:g}")
         if self.beta:
-            parts.append(f"beta={self.beta:g}")
+            parts.append(f"beta={self.beta:g}" + ("" if self.novelty == "unseen" else "/inv"))
         if self.resort:
             parts.append("resort")
         return " ".join(parts)
@@ -100,7 +109,8 @@ def relevance_gains(candidates: np.ndarray, scores: np.ndarray, kind: str) -> np
 def calibrated_rerank(candidates: np.ndarray, scores: np.ndarray, profiles: np.ndarray,
                       category_dist: np.ndarray, config: CalibrationConfig | None = None, *,
                       cand_persona: np.ndarray | None = None, persona_weights: np.ndarray | None = None,
-                      exposure: np.ndarray | None = None) -> np.ndarray:
+                      exposure: np.ndarray | None = None, cand_persona_rank: np.ndarray | None = None,
+                      ) -> np.ndarray:
     """Choose ``config.k`` items per user from ``candidates`` by the greedy objective above.
 
     Args:
@@ -112,6 +122,8 @@ def calibrated_rerank(candidates: np.ndarray, scores: np.ndarray, profiles: np.n
         persona_weights: ``(users, P)`` persona weights, zero-padded (for ``mu``).
         exposure: ``(n_items,)`` how often each item was already recommended (for ``beta``);
             incremented in place with the chosen lists.
+        cand_persona_rank: ``(users, N)`` 0-based rank of each candidate in its responsible
+            persona's contribution ranking (for ``gamma``).
 
     Returns:
         ``(users, k)`` chosen item positions (in pick order, or base order with ``resort``);
@@ -132,7 +144,13 @@ def calibrated_rerank(candidates: np.ndarray, scores: np.ndarray, profiles: np.n
     if use_exposure and exposure is None:
         raise ValueError("beta > 0 needs the exposure counts")
     W = np.asarray(persona_weights, dtype=np.float32) if use_persona else None
-    rel_all = relevance_gains(candidates, np.asarray(scores), c.relevance).astype(np.float32)
+    rel_all = relevance_gains(candidates, np.asarray(scores), c.relevance)
+    if c.gamma > 0:
+        if cand_persona_rank is None:
+            raise ValueError("gamma > 0 needs cand_persona_rank")
+        persona_gain = np.where(candidates >= 0, 1.0 / np.log2(np.asarray(cand_persona_rank, np.float64) + 2.0), 0.0)
+        rel_all = (1.0 - c.gamma) * rel_all + c.gamma * persona_gain
+    rel_all = rel_all.astype(np.float32)
     k = min(c.k, n_cand)
     out = np.full((n_users, c.k), -1, np.int64)
     step_users = min(c.chunk, c.exposure_chunk) if use_exposure else c.chunk
@@ -146,7 +164,9 @@ def calibrated_rerank(candidates: np.ndarray, scores: np.ndarray, profiles: np.n
         cat = C[np.maximum(cand, 0)] * valid[..., None]  # (b, N, G)
         base = (1.0 - c.lam) * rel_all[sl]
         if use_exposure:
-            base = base + c.beta * valid / (1.0 + exposure[np.maximum(cand, 0)]).astype(np.float32)
+            e = exposure[np.maximum(cand, 0)]
+            novelty = (e == 0) if c.novelty == "unseen" else 1.0 / (1.0 + e)
+            base = base + (c.beta * valid * novelty).astype(np.float32)
         # log(q~) is only needed where p > 0 (the KL's other terms are 0); adding 1 where p == 0
         # keeps the log finite there without a mask in the inner loop
         p_zero = (p == 0)[:, None, :].astype(np.float32)

@@ -63,23 +63,10 @@ def silhouette_cosine(V: np.ndarray, labels: np.ndarray, k: int, D: np.ndarray |
     return float(s.mean())
 
 
-class single_thread_faiss:
-    """Per-user problems are tiny: FAISS's OpenMP threads only spin and contend there."""
-
-    def __enter__(self):
-        import faiss
-
-        self._n = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-
-    def __exit__(self, *exc):
-        import faiss
-
-        faiss.omp_set_num_threads(self._n)
-
-
 def _kmeans(V: np.ndarray, k: int, cfg: InductionConfig) -> tuple[np.ndarray, np.ndarray]:
-    import faiss
+    from memory.faiss_runtime import load_faiss
+
+    faiss = load_faiss()
 
     km = faiss.Kmeans(V.shape[1], k, niter=cfg.niter, nredo=cfg.nredo, seed=cfg.seed, spherical=True,
                       verbose=False, min_points_per_centroid=1, max_points_per_centroid=100000)
@@ -169,8 +156,7 @@ class PersonaInducer:
 
     def induce(self, user_id: str, positives: Sequence[int]) -> PersonaSet:
         """The user's personas (an empty set for a user without positives)."""
-        with single_thread_faiss():
-            groups, trace = self.cluster(positives)
+        groups, trace = self.cluster(positives)
         drafts = self.drafts(groups)
         texts = self.writer.write(user_id, drafts) if drafts else []
         now = utcnow()

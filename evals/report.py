@@ -1,0 +1,202 @@
+"""Reports of an evaluation run: JSON (the stable schema), a Markdown table, PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from memory.persistence import atomic_write_text
+
+TABLE_METRICS = ("Recall", "NDCG", "HR", "C_KL", "TDD_genre", "TDD_persona", "MinorityRecall", "ILD", "Coverage")
+
+
+def _fmt(v, digits=4) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def markdown_table(doc: dict, k: int) -> str:
+    """One row per model: every metric at ``k``, then NDCG's ratio to EASE with its paired CI."""
+    head = ["model", *[f"{m}@{k}" for m in TABLE_METRICS], f"NDCG@{k} / EASE"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, d in doc["models"].items():
+        row = [f"`{name}`"] + [_fmt(d["metrics"].get(f"{m}@{k}")) for m in TABLE_METRICS]
+        vs = d.get("vs_ease", {}).get(f"NDCG@{k}")
+        row.append("1 (reference)" if name == "ease" else
+                   (f"{vs['ratio']:.3f} [{vs['ci'][0]:+.4f}, {vs['ci'][1]:+.4f}]" if vs and vs["ratio"] else "–"))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(doc: dict) -> str:
+    """The whole run as Markdown: tables per K, chosen settings, the research bar, variants."""
+    ds = doc["dataset"]
+    cfg = doc["config"]
+    out = [f"# Recommendation evaluation: {ds['name']}", "",
+           f"{ds['evaluated_users']} evaluated users, {ds['test_positives']} test positives, {ds['items']} items; "
+           f"split `{cfg['split']['strategy']}` (seed {cfg['split']['seed']}, positives: rating >= "
+           f"{cfg['split']['positive_threshold']}); excluded from ranking: training {cfg['exclude']}. "
+           f"Every setting chosen on a validation split carved from train. Run time "
+           f"{doc['timings_s']['total']:.1f} s.", ""]
+    for k in cfg["ks"]:
+        out += [f"## Metrics @{k}", "", markdown_table(doc, k), ""]
+    out += ["Bracketed: 95% bootstrap interval of the per-user NDCG difference to EASE (paired).", ""]
+    t = doc["tuning"]
+    out += ["## Chosen on validation", "",
+            f"- EASE lambda: **{t['ease']['chosen_l2']:g}** (NDCG@10 per lambda: {t['ease']['grid_ndcg@10']})"]
+    if "itemknn" in t:
+        out.append(f"- ItemKNN k: **{t['itemknn']['chosen_k']}**")
+    out.append(f"- Steck reference: **{t['steck']['chosen_label']}** ({t['steck']['rule']})")
+    if "persona_calibrated" in t:
+        out.append(f"- `plural:persona_calibrated`: **{t['persona_calibrated']['chosen_label']}** "
+                   f"(constraints met on validation: {t['persona_calibrated']['constraints_met']})")
+        out.append(f"- `plural:persona_only`: **{t['persona_only']['chosen_label']}**")
+    out.append("")
+    rb = doc.get("research_bar", {})
+    if rb:
+        out += ["## Research bar (test split)", ""]
+        a = rb.get("a_relevance_equals_ease")
+        if a:
+            out.append(f"- (a) `relevance` vs EASE: NDCG ratio {a['ndcg_ratio']:.3f}, attributed share "
+                       f"{a['attributed_share']}: **{'passed' if a['passed'] else 'FAILED'}**")
+        b = rb.get("b_persona_calibrated_vs_steck")
+        if b:
+            out.append(f"- (b) `persona_calibrated` vs EASE: NDCG x{b['ndcg_ratio']}, C_KL x{b['c_kl_ratio']}, "
+                       f"minority recall x{b['minority_recall_ratio']}, coverage x{b['coverage_ratio']}; "
+                       f"Steck reference vs EASE: NDCG x{b['steck_ndcg_ratio']}, C_KL x{b['steck_c_kl_ratio']}, "
+                       f"minority recall x{b['steck_minority_recall_ratio']}, coverage x{b['steck_coverage_ratio']}; "
+                       f"coverage vs Steck x{b['coverage_vs_steck']}. Checks: "
+                       + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in b["checks"].items())
+                       + f": **{'passed' if b['passed'] else 'not passed'}**")
+        c = rb.get("c_persona_only")
+        if c:
+            for name, r in c.items():
+                out.append(f"- (c) `{name}` vs EASE: NDCG x{r['NDCG']}, C_KL x{r['C_KL']}, minority recall "
+                           f"x{r['MinorityRecall']}, coverage x{r['Coverage']}")
+        out.append("")
+    if doc.get("minority_recall_by_tastes"):
+        out += ["## Minority-taste recall@10 by number of personas", ""]
+        groups = sorted({g for v in doc["minority_recall_by_tastes"].values() for g in v}, key=int)
+        any_model = next(iter(doc["minority_recall_by_tastes"].values()))
+        out.append("| model | " + " | ".join(f"{g} ({any_model[g]['users']} users)" for g in groups) + " |")
+        out.append("|" + "---|" * (len(groups) + 1))
+        for name, v in doc["minority_recall_by_tastes"].items():
+            out.append(f"| `{name}` | " + " | ".join(_fmt(v.get(g, {}).get("mean")) for g in groups) + " |")
+        out.append("")
+    variants = [("Steck", t["steck"]["variants"])]
+    if "persona_calibrated" in t:
+        variants += [("Joint persona + genre", t["persona_calibrated"]["variants"]),
+                     ("Persona-only", t["persona_only"]["variants"])]
+    e_val = t["ease"]["validation@10"]
+    e_test = doc["models"]["ease"]["metrics"]
+    out += ["## Every variant tried (ratios to EASE @10; validation, then test)", ""]
+    for title, vs in variants:
+        out += [f"### {title}", "", "| variant | NDCG val | C_KL val | MinRec val | Cov val | NDCG test | C_KL test | "
+                "MinRec test | Cov test |", "|---|---|---|---|---|---|---|---|---|"]
+        for v in vs:
+            r = [v["label"]]
+            for src, ref in ((v["validation@10"], e_val), (v.get("test@10"), None)):
+                for mname in ("NDCG", "C_KL", "MinorityRecall", "Coverage"):
+                    if src is None:
+                        r.append("–")
+                        continue
+                    base = ref[mname] if ref is not None else e_test[f"{mname}@10"]
+                    r.append(f"{src[mname] / base:.3f}" if base else "–")
+            out.append("| " + " | ".join(r) + " |")
+        out.append("")
+    out += ["## Timings (s)", "", ", ".join(f"{k} {v}" for k, v in doc["timings_s"].items()), ""]
+    return "\n".join(out)
+
+
+def tradeoff_plot(doc: dict, path: Path) -> None:
+    """NDCG@10 against genre C_KL@10 on test: every model a point, every lambda a point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6.2), dpi=130)
+    styles = {"steck": ("#8c8c8c", "o", "EASE + Steck (each lambda; rank and min-max relevance)"),
+              "joint": ("#4c9be8", ".", "Plural joint persona + genre variants"),
+              "persona-only": ("#e8a33d", "^", "Plural persona-only variants (no genre information)")}
+    for fam, (color, marker, label) in styles.items():
+        pts = [p for p in doc.get("tradeoff", []) if p["family"] == fam]
+        if pts:
+            ax.scatter([p["C_KL"] for p in pts], [p["NDCG"] for p in pts], s=18 if marker != "." else 30,
+                       c=color, marker=marker, alpha=0.55, label=label, linewidths=0)
+    highlight = {"ease": ("black", "*"), "ease+steck": ("#444444", "D"), "plural:persona_calibrated": ("#1660c9", "P"),
+                 "plural:persona_only": ("#d07b00", "X"), "plural:persona_fill": ("#b5487a", "s"),
+                 "itemknn": ("#6aa84f", "v"), "multvae": ("#8e7cc3", "<"), "popularity": ("#999999", ">"),
+                 "content": ("#bbbbbb", "h")}
+    for name, d in doc["models"].items():
+        if name in ("plural:relevance", "plural:calibrated"):
+            continue  # identical lists to EASE and EASE + Steck
+        color, marker = highlight.get(name, ("#333333", "o"))
+        x, y = d["metrics"].get("C_KL@10"), d["metrics"].get("NDCG@10")
+        if x is None or y is None:
+            continue
+        ax.scatter([x], [y], s=150 if marker in "*P" else 80, c=color, marker=marker, edgecolors="white",
+                   linewidths=0.8, zorder=5, label=f"{name} (chosen)" if "plural" in name or "steck" in name else name)
+    e = doc["models"]["ease"]["metrics"]
+    ax.axhline(0.98 * e["NDCG@10"], color="#cc0000", lw=0.8, ls="--", label="98% of EASE's NDCG@10")
+    ax.set_xlabel("genre miscalibration C_KL@10 (lower is better)")
+    ax.set_ylabel("NDCG@10 (higher is better)")
+    ax.set_title(f"Accuracy vs calibration, {doc['dataset']['name']} test split (settings chosen on validation)",
+                 fontsize=10)
+    lo = min([0.9 * e["NDCG@10"]] + [d["metrics"]["NDCG@10"] for n, d in doc["models"].items()
+                                      if n.startswith(("ease", "plural"))])
+    ax.set_ylim(lo, e["NDCG@10"] * 1.02)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def minority_plot(doc: dict, path: Path) -> None:
+    """Minority-taste recall@10 per number of personas of the user, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = doc.get("minority_recall_by_tastes") or {}
+    keep = [m for m in ("ease", "ease+steck", "plural:persona_calibrated", "plural:persona_fill",
+                        "plural:persona_only", "multvae", "itemknn") if m in data]
+    if not keep:
+        return
+    groups = sorted({g for v in data.values() for g in v}, key=int)
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=130)
+    width = 0.8 / len(keep)
+    for j, m in enumerate(keep):
+        ys = [data[m].get(g, {}).get("mean") or 0.0 for g in groups]
+        ax.bar(np.arange(len(groups)) + j * width - 0.4 + width / 2, ys, width, label=m)
+    users = data[keep[0]]
+    ax.set_xticks(np.arange(len(groups)), [f"{g} persona{'s' if g != '1' else ''}\n({users[g]['users']} users)"
+                                           for g in groups])
+    ax.set_ylabel("minority-taste recall@10")
+    ax.set_title("Does the list keep a user's minority tastes? (by how many tastes the user has)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.25)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_reports(doc: dict, out_dir: str | Path) -> dict[str, str]:
+    """Write ``results.json``, ``results.md`` and the plots; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    atomic_write_text(paths["json"], json.dumps(doc, indent=2, sort_keys=False))
+    atomic_write_text(paths["markdown"], markdown_report(doc))
+    try:
+        paths["tradeoff_png"] = out / "tradeoff.png"
+        tradeoff_plot(doc, paths["tradeoff_png"])
+        if doc.get("minority_recall_by_tastes"):
+            paths["minority_png"] = out / "minority_by_tastes.png"
+            minority_plot(doc, paths["minority_png"])
+    except ImportError:  # matplotlib is the `eval` extra
+        paths.pop("tradeoff_png", None)
+        paths.pop("minority_png", None)
+    return {k: str(v) for k, v in paths.items()}
