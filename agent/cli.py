@@ -223,6 +223,34 @@ def eval_rec(
     con.print(f"{doc['timings_s']['total']:.1f} s; wrote " + ", ".join(paths.values()))
 
 
+@eval_app.command("personas")
+def eval_personas(
+    seeds: Annotated[Optional[list[int]], typer.Option("--seeds", help="Induction seeds to rerun (repeatable).")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="Attention share that counts as explained.")] = 0.5,
+    max_users: Annotated[Optional[int], typer.Option("--max-users", help="Only the first N users.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default runs/personas-<dataset>).")] = None,
+    dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
+    items: ItemsOpt = None, columns: ColumnsOpt = None, config: ConfigOpt = None, data_dir: DataDirOpt = None,
+) -> None:
+    """Persona separation, run-to-run stability and coverage of each user's history."""
+    import json as _json
+
+    from evals.persona_quality import PersonaEvalConfig, markdown_persona_report, run_persona_eval
+    from memory.persistence import atomic_write_text
+
+    cfg = PersonaEvalConfig(seeds=seeds or [1, 2, 3], coverage_threshold=threshold, max_users=max_users)
+    engine = _open_engine(_source(dataset, data, train, test, items, columns), _config(config), data_dir, False)
+    with _RichProgress(sys.stderr.isatty()) as bar:
+        doc = run_persona_eval(engine, cfg, progress=bar.task)
+    folder = out or Path("runs") / f"personas-{doc['dataset']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "personas.json", _json.dumps(doc, indent=2))
+    md = markdown_persona_report(doc)
+    atomic_write_text(folder / "personas.md", md)
+    _console().print(md)
+    _console().print(f"wrote {folder / 'personas.json'}, {folder / 'personas.md'}")
+
+
 class _RichProgress:
     """A progress bar per stage on a terminal; silent otherwise."""
 
@@ -242,7 +270,7 @@ class _RichProgress:
         return self._p.task(description, total)
 
 
-_LIST_OPTIONS = {("eval", "rec"): ("--k", "--models")}
+_LIST_OPTIONS = {("eval", "rec"): ("--k", "--models"), ("eval", "personas"): ("--seeds",)}
 
 
 def _expand_list_options(argv: list[str]) -> list[str]:

@@ -33,9 +33,9 @@ class InductionConfig(BaseModel):
     """Fewest positive items a persona must rest on."""
     min_silhouette: float = Field(0.02, ge=-1, le=1)
     """Below this mean silhouette, splitting is not worth it: one persona."""
-    niter: int = Field(20, ge=1)
+    niter: int = Field(25, ge=1)
     """k-means iterations."""
-    nredo: int = Field(2, ge=1)
+    nredo: int = Field(5, ge=1)
     """k-means restarts (the best objective is kept)."""
     seed: int = 0
     """Seed of the k-means initialisation: same seed, same personas."""
