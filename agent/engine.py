@@ -182,12 +182,8 @@ class Engine:
     def memory_store(self):
         """The FAISS + SQLite memory of this data directory (catalog, episodic, semantic)."""
         if self._memory_store is None:
-            import faiss
-
             from memory.store import FaissMemoryStore
 
-            # per-query problems here are small: FAISS's OpenMP start-up costs more than it saves
-            faiss.omp_set_num_threads(1)
             self._memory_store = FaissMemoryStore(self.data_dir / "memory", dim=int(self.manifest["text_dim"]))
         return self._memory_store
 
