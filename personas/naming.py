@@ -51,8 +51,14 @@ def _decade(titles: Sequence[str]) -> str | None:
     return None
 
 
+_ARTICLE = re.compile(r"^(.*), (The|A|An|Il|La|Le|Les|L'|Das|Der|Die|El|Los)$")
+
+
 def _strip_year(title: str) -> str:
-    return _YEAR.sub("", title).strip()
+    """``"Professional, The (1994)"`` -> ``"The Professional"`` (MovieLens files move articles last)."""
+    t = _YEAR.sub("", title).strip()
+    m = _ARTICLE.match(t)
+    return f"{m.group(2)} {m.group(1)}".replace("L' ", "L'") if m else t
 
 
 class TemplatePersonaWriter(PersonaWriter):
@@ -72,18 +78,23 @@ class TemplatePersonaWriter(PersonaWriter):
         for d, cats in zip(drafts, ranked):
             top = [g for g in cats if d.category_shares.get(g, 0) >= 0.12][: self.max_categories] or cats[:1]
             names.append(" & ".join(top) if top else "Eclectic")
-        # make names unique within the user: add the next distinguishing category, then a title
-        for _ in range(3):
-            dup = [n for n, c in Counter(names).items() if c > 1]
+        # make names unique within the user: a third category only when it is a real part of
+        # this persona (>= 12% of it) and not of its namesakes, else a representative title
+        for _ in range(2):
+            dup = {n for n, c in Counter(names).items() if c > 1}
             if not dup:
                 break
             for k, (d, cats) in enumerate(zip(drafts, ranked)):
-                if names[k] in dup:
-                    extra = [g for g in cats if g not in names[k].split(" & ")]
-                    if extra and names[k].count("&") < 2:
-                        names[k] = f"{names[k]} & {extra[0]}"
-                    elif d.titles:
-                        names[k] = f"{names[k]} (like {_strip_year(d.titles[0])})"[:80]
+                if names[k] not in dup:
+                    continue
+                mates = [j for j in range(len(drafts)) if j != k and names[j] == names[k]]
+                used = names[k].split(" & ")
+                extra = [g for g in cats if g not in used and d.category_shares.get(g, 0) >= 0.12
+                         and all(drafts[j].category_shares.get(g, 0) < d.category_shares[g] for j in mates)]
+                if extra and names[k].count("&") < 2:
+                    names[k] = f"{names[k]} & {extra[0]}"
+                elif d.titles:
+                    names[k] = f"{names[k]} (like {_strip_year(d.titles[0])})"[:80]
         out = []
         for d, name, cats in zip(drafts, names, ranked):
             main = [g for g in cats if d.category_shares.get(g, 0) >= 0.12][:3] or cats[:1]

@@ -162,7 +162,7 @@ class CalibratedMode(RankingMode):
 
 # Chosen on ML-100K's validation split (``plural eval rec``, README "Results"); override per engine.
 DEFAULT_STECK = CalibrationConfig(lam=0.25, relevance="rank")
-DEFAULT_JOINT = CalibrationConfig(lam=0.25, mu=0.05, beta=0.04, gamma=0.0, relevance="rank", resort=True)
+DEFAULT_JOINT = CalibrationConfig(lam=0.25, mu=0.05, beta=0.04, gamma=0.25, relevance="rank", resort=True)
 
 RANKING_MODES: dict[str, RankingMode] = {}
 

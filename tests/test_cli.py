@@ -119,3 +119,14 @@ def test_personas_and_data_info(capsys, cfg):
 def test_unknown_option_is_a_usage_error(capsys):
     code, _, err = run(capsys, "recommend", "--user", "1", "--bogus")
     assert code == 2 and "bogus" in err
+
+
+def test_importing_the_packages_does_not_import_torch_or_faiss():
+    import subprocess
+    import sys
+
+    code = ("import sys, agent, agent.cli, agent.engine, agent.llm, personas.recommender, memory.loaders, evals; "
+            "heavy = [m for m in ('torch', 'transformers', 'vllm', 'faiss', 'langgraph') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
