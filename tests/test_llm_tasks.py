@@ -354,3 +354,24 @@ def test_fallback_counter_merge_and_dict():
     assert m.fallbacks == {"schema": 2} and m.rejections == {"schema": 1}
     assert m.as_dict()["fallback_rate"] == 0.5 and a.total == 2  # merge does not mutate
     assert FallbackCounter.model_validate(m.model_dump()) == m
+
+
+# -- persona induction adapter --------------------------------------------------------------
+def test_llm_persona_writer_falls_back_to_the_induction_template():
+    from agent.llm.persona_writer import LLMPersonaWriter
+    from personas.naming import PersonaDraft, TemplatePersonaWriter
+
+    drafts = [
+        PersonaDraft(
+            "p1", ["Alien (1979)", "Star Wars (1977)"], {"Sci-Fi": 0.8, "Action": 0.2}, weight=0.6, n_items=2
+        ),
+        PersonaDraft("p2", ["Clueless (1995)"], {"Comedy": 1.0}, weight=0.4, n_items=1),
+    ]
+    good = '{"name": "Space Sagas", "description": "Epic space adventures, like Alien and Star Wars."}'
+    writer = LLMPersonaWriter(ScriptedLLM([good, "not json", "still not json"]))
+    texts = writer.write("u1", drafts)
+    assert texts[0] == ("Space Sagas", "Epic space adventures, like Alien and Star Wars.")
+    assert texts[1] == TemplatePersonaWriter().write("u1", drafts)[1]
+    assert writer.text_source("u1") == ["llm", "template"]
+    assert writer.fallbacks.fallbacks == {"invalid_json": 1}
+    assert LLMPersonaWriter(None).write("u1", drafts) == TemplatePersonaWriter().write("u1", drafts)

@@ -90,6 +90,11 @@ class VLLMBackend(LLMBackend):
         }
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if hasattr(vllm.sampling_params, "StructuredOutputsParams"):
+            # Compact JSON is an engine setting in vLLM 0.26 (the per-request flag is not read): on a
+            # GPU check with a weak (random-weight) model, the default let every answer run out of
+            # tokens in whitespace after "{"; xgrammar is the backend that supports turning it off.
+            kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
         kwargs.update(engine_args or {})
         t0 = time.perf_counter()
         self.llm = vllm.LLM(**kwargs)
@@ -122,11 +127,7 @@ class VLLMBackend(LLMBackend):
             kw["stop"] = list(s.stop)
         if json_schema is not None:
             key, cls = self._structured
-            if key == "structured_outputs":
-                # whitespace off: weak models otherwise burn the token budget on indentation
-                kw[key] = cls(json=json_schema, disable_any_whitespace=True)
-            else:
-                kw[key] = cls(json=json_schema)
+            kw[key] = cls(json=json_schema)
         return self._vllm.SamplingParams(**kw)
 
     def generate(self, requests: Sequence[LLMRequest]) -> list[Completion]:
