@@ -116,7 +116,7 @@ class Completion(BaseModel):
     alternatives: list[str] = Field(default_factory=list)
     """The other ``n - 1`` samples when ``SamplingConfig.n > 1``."""
     finish_reason: Literal["stop", "length", "error"] = "stop"
-    """``stop``: the model ended or hit a stop string; ``length``: ``max_tokens`` cut it; ``error``: failed."""
+    """``stop``: the model ended (or a stop string); ``length``: cut at ``max_tokens``; ``error``: failed."""
     prompt_tokens: int = 0
     """Tokens in the rendered prompt (0 when the backend does not report it)."""
     completion_tokens: int = 0
@@ -148,7 +148,7 @@ class StructuredOutputError(PluralError, ValueError):
 
 
 def as_messages(messages: str | Sequence[ChatMessage | dict], system: str | None = None) -> list[ChatMessage]:
-    """Normalise a string or a list of dicts/messages to ``ChatMessage`` objects (after ``system``, if given)."""
+    """A string or a list of dicts/messages as ``ChatMessage`` objects (after ``system``, if given)."""
     if isinstance(messages, str):
         msgs = [ChatMessage(role="user", content=messages)]
     else:

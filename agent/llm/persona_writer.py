@@ -9,7 +9,8 @@ fallback counters, ``llm_error``) are kept per user for the engine's metadata.
 Example:
     >>> from agent.llm.fake import ScriptedLLM
     >>> from personas.naming import PersonaDraft
-    >>> w = LLMPersonaWriter(ScriptedLLM(['{"name": "Space Sagas", "description": "Epic space adventures, like Alien."}']))
+    >>> answer = '{"name": "Space Sagas", "description": "Epic space adventures, like Alien."}'
+    >>> w = LLMPersonaWriter(ScriptedLLM([answer]))
     >>> w.write("u1", [PersonaDraft("p1", ["Alien (1979)"], {"Sci-Fi": 1.0}, n_items=1)])
     [('Space Sagas', 'Epic space adventures, like Alien.')]
     >>> w.fallbacks.llm
@@ -68,7 +69,7 @@ class LLMPersonaWriter(PersonaWriter):
         return [(item.name, item.description) for item in result.items]
 
     def text_source(self, user_id: str) -> list[str]:
-        """Per persona of the last ``write`` for ``user_id``: ``llm`` or ``template`` (``Persona.text_source``)."""
+        """``llm`` or ``template`` per persona of ``user_id``'s last ``write`` (``Persona.text_source``)."""
         result = self.results.get(user_id)
         if result is None:
             return []

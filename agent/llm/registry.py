@@ -35,7 +35,7 @@ class LLMConfig(BaseModel):
     """Model alias, folder, GGUF file or served model name. ``None``: the packaged SmolLM2 for
     ``transformers``; the server's first model for ``openai``; required for ``vllm``."""
     base_url: str | None = None
-    """``openai``: server URL ending in ``/v1``; ``None``: ``$OPENAI_BASE_URL``, else ``http://127.0.0.1:8000/v1``."""
+    """``openai``: URL ending in ``/v1``; ``None``: ``$OPENAI_BASE_URL`` or ``http://127.0.0.1:8000/v1``."""
     api_key_env: str = "OPENAI_API_KEY"
     """``openai``: the environment variable that holds the API key (the key itself is never stored)."""
     timeout_s: float = Field(60.0, gt=0)

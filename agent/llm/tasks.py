@@ -46,12 +46,12 @@ from prompts import load_prompt
 
 log = logging.getLogger("plural.llm")
 
-MAX_DESCRIPTION_CHARS = 300
+MAX_DESCRIPTION_CHARS = 240
 MAX_EXPLANATION_CHARS = 200
 MAX_PROMPT_TITLES = 12
 
 DEFAULT_SAMPLING = {
-    "describe_personas": SamplingConfig(max_tokens=96),
+    "describe_personas": SamplingConfig(max_tokens=128),
     "route_request": SamplingConfig(max_tokens=32),
     "select_personas": SamplingConfig(max_tokens=32),
     "explain_recommendations": SamplingConfig(max_tokens=144),
@@ -155,8 +155,8 @@ class Explanation(Judged):
 
 
 # -- what the model must answer (validated with pydantic, then checked for meaning) ---------
-NAME_PATTERN = r"^[A-Z][A-Za-z'&-]*( [A-Za-z'&-]+){0,4}$"
-"""Persona names: 1 to 5 words of letters, starting with a capital (enforced while decoding, too)."""
+NAME_PATTERN = r"^[A-Z][A-Za-z'&-]{2,}( [A-Za-z'&-]+){0,4}$"
+"""Persona names: 1 to 5 words of letters; the first is capitalised, 3+ letters (the grammar enforces it)."""
 
 
 class _DescribeOut(BaseModel):
@@ -188,7 +188,7 @@ OUTPUT_MODELS = {
     "select_persona": _SelectOut,
     "explain_recommendations": _ExplainOut,
 }
-"""Prompt name -> the pydantic model that validates its answers (a test checks it matches the prompt's schema)."""
+"""Prompt name -> the pydantic model that validates its answers (a test matches it to the prompt's schema)."""
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def _mentions(text: str, titles: Sequence[str]) -> list[str]:
 
 
 def _foreign_titles(text: str, allowed: Sequence[str], known: Sequence[str]) -> list[str]:
-    """Known titles mentioned in ``text`` that are not allowed (an allowed title may contain a shorter one)."""
+    """Known titles in ``text`` that are not allowed (an allowed title may contain a shorter known one)."""
     allowed_keys = [_title_key(a) for a in allowed]
     return [
         t
