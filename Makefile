@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/plural personas --user $(USER_ID)
-	$(BIN)/plural recommend --user $(USER_ID) --k 10 --mode persona_fill
+	$(BIN)/plural recommend --user $(USER_ID) --k 10 --mode persona_calibrated --explain
 
 test: setup
 	$(BIN)/python -m pytest -q

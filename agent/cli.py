@@ -34,6 +34,9 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Engine sett
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the built data lives (default: a cache folder per dataset and settings).")]
 RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Rebuild the data directory even if it is current.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+LLMOpt = Annotated[Optional[str], typer.Option("--llm", help="LLM backend: transformers (embedded), vllm, openai or none.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model alias, folder, GGUF file or served model name.")]
+BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible server URL (…/v1).")]
 
 
 def _source(dataset: str, data: str | None, train: str | None, test: str | None, items: str | None,
@@ -74,27 +77,73 @@ def recommend(
     mode: Annotated[str, typer.Option("--mode", "-m", help="Ranking mode (relevance, persona_fill, ...).")] = "relevance",
     category: Annotated[Optional[list[str]], typer.Option("--category", help="Keep items of this category (repeatable).")] = None,
     query: Annotated[Optional[str], typer.Option("--query", "-q", help="Free-text filter: semantic search on the catalog.")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="LLM-written persona text and explanations.")] = False,
+    request: Annotated[Optional[str], typer.Option("--request", "-r", help="A free-text wish, routed to the personas it activates.")] = None,
+    selection: Annotated[str, typer.Option("--selection", help="Responsible persona by attention, llm or both.")] = "attention",
+    llm: LLMOpt = None, model: ModelOpt = None, base_url: BaseUrlOpt = None,
     as_json: JsonOpt = False,
     dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
     items: ItemsOpt = None, columns: ColumnsOpt = None, config: ConfigOpt = None, data_dir: DataDirOpt = None,
     rebuild: RebuildOpt = False,
 ) -> None:
-    """Recommend items for a user; each one names the persona it comes from and its evidence."""
+    """Recommend items for a user; each one names the persona it comes from and its evidence.
+
+    With --explain (or --request, or --selection llm|both) an LLM writes persona text and
+    explanations: the packaged SmolLM2 on CPU unless --llm/--model/--base-url say otherwise.
+    """
     from personas.ranking import RANKING_MODES
 
     if k <= 0:
         raise UsageError("--k", k, "a positive integer")
     if mode not in RANKING_MODES:
         raise UsageError("--mode", mode, sorted(RANKING_MODES))
+    if selection not in ("attention", "llm", "both"):
+        raise UsageError("--selection", selection, ["attention", "llm", "both"])
+    uses_llm = explain or request is not None or selection != "attention" or (llm not in (None, "none"))
+    backend = _backend(llm, model, base_url) if uses_llm else None  # unknown names fail before any build
     engine = _open_engine(_source(dataset, data, train, test, items, columns), _config(config), data_dir, rebuild, user)
-    out = engine.recommend(user, k, mode, categories=category, query=query)
+    if uses_llm:
+        from agent.language import LanguageConfig, LanguageLayer
+
+        lang = LanguageLayer(engine, backend, LanguageConfig(selection=selection))
+        out = lang.recommend(user, k, mode, request=request, explain=explain, categories=category, query=query)
+    else:
+        out = engine.recommend(user, k, mode, categories=category, query=query)
     if as_json:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in out.items], indent=2))
         return
-    _print_recommendations(engine, out)
+    _print_recommendations(engine, out, explain=explain)
+    if uses_llm:
+        _print_llm_summary(out)
 
 
-def _print_recommendations(engine, out) -> None:
+def _backend(llm: str | None, model: str | None, base_url: str | None):
+    """The LLM backend the options name (default: the packaged SmolLM2 through transformers)."""
+    from agent.llm import LLMConfig, make_backend
+
+    return make_backend(LLMConfig(backend=llm or "transformers", model=model, base_url=base_url))
+
+
+def _print_llm_summary(out) -> None:
+    meta = out.meta
+    fb = meta.get("fallbacks", {})
+    line = (f"LLM {meta.get('llm', {}).get('backend')} ({meta.get('llm', {}).get('model')}): "
+            f"{fb.get('llm', 0) + fb.get('llm_retry', 0)} of {fb.get('total', 0)} texts by the model, "
+            f"{fb.get('template', 0)} by the template")
+    if fb.get("fallbacks"):
+        line += f" (reasons: {fb['fallbacks']})"
+    routed = meta.get("route_request", {}).get("persona_ids")
+    if routed:
+        line += f"; request routed to {', '.join(routed)}"
+    sel = meta.get("select_personas")
+    if sel and sel.get("disagreement_rate") is not None:
+        line += f"; LLM vs attention disagreement {sel['disagreement_rate']:.0%}"
+    if meta.get("llm_error"):
+        line += f"; LLM error: {meta['llm_error']}"
+    _console(stderr=True).print(line)
+
+
+def _print_recommendations(engine, out, explain: bool = False) -> None:
     from rich.table import Table
 
     con = _console()
@@ -110,11 +159,13 @@ def _print_recommendations(engine, out) -> None:
     table.add_column("Score", justify="right")
     table.add_column("Persona", max_width=24)
     table.add_column("Attn", justify="right")
-    table.add_column("Because you liked", max_width=60)
+    table.add_column("Why" if explain else "Because you liked", max_width=70 if explain else 60)
     for r in out.items:
         share = r.attention.get(r.persona.id, 0.0) if r.persona else 0.0
+        why = r.explanation + (" [template]" if r.explanation_source == "template" else "") if explain else \
+            "; ".join(e.title for e in r.evidence)
         table.add_row(str(r.rank), r.title, f"{r.score:.3f}", r.persona.name if r.persona else "(popular)",
-                      f"{round(100 * share)}%" if r.persona else "", "; ".join(e.title for e in r.evidence))
+                      f"{round(100 * share)}%" if r.persona else "", why)
     con.print(table)
 
 

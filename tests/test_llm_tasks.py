@@ -9,6 +9,7 @@ import pytest
 
 from agent.llm import Completion, ScriptedLLM
 from agent.llm.tasks import (
+    DEFAULT_SAMPLING,
     CandidateInput,
     PersonaInput,
     RecommendationInput,
@@ -143,7 +144,10 @@ def test_catalog_titles_extend_the_hallucination_check():
             ),
             "copied_input",
         ),
-        (explain_json(["Alien (1979)"], "Alien fans will enjoy this very much. " * 8), "length"),
+        (explain_json(["Alien (1979)"], "Alien fans will enjoy this, " + " ".join(f"word{i}" for i in range(30))),
+         "length"),
+        (explain_json(["Alien (1979)"], "A hero and a villain, and a hero and a villain, like Alien."), "repetitive"),
+        (explain_json(["Alien (1979)"], "A tense space thriller that suits your taste for dread."), "ungrounded"),
     ],
 )
 def test_each_invalid_answer_has_its_reason(answer, reason):
@@ -173,7 +177,7 @@ def test_several_items_per_request():
     llm = ScriptedLLM([both])
     res = explain_recommendations(llm, RECS, items_per_request=2)
     assert len(llm.requests) == 1 and [e.source for e in res.items] == ["llm", "llm"]
-    assert llm.requests[0].sampling.max_tokens == 2 * 144
+    assert llm.requests[0].sampling.max_tokens == 2 * DEFAULT_SAMPLING['explain_recommendations'].max_tokens
     arr = llm.requests[0].json_schema["properties"]["explanations"]
     assert arr["minItems"] == arr["maxItems"] == 2 and arr["items"] is False
 
@@ -375,3 +379,26 @@ def test_llm_persona_writer_falls_back_to_the_induction_template():
     assert writer.text_source("u1") == ["llm", "template"]
     assert writer.fallbacks.fallbacks == {"invalid_json": 1}
     assert LLMPersonaWriter(None).write("u1", drafts) == TemplatePersonaWriter().write("u1", drafts)
+
+
+@pytest.mark.parametrize("answer, reason", [
+    ('{"name": "Alien", "description": "Tense science fiction about survival in deep space."}', "title_as_name"),
+    ('{"name": "Deep Space", "description": "The story of a ship that goes to the edge of the universe."}',
+     "ungrounded"),
+    ('{"name": "Deep Space", "description": "Sci-Fi: 30, Horror: 12, and more of the same kind."}', "meta_text"),
+    ('{"name": "Deep Space", "description": "Science fiction and science fiction and science fiction again."}',
+     "repetitive"),
+])
+def test_persona_descriptions_must_be_grounded_prose(answer, reason):
+    p = PersonaInput(persona_id="p1", name="Sci-Fi", description="Sci-Fi titles.",
+                     evidence_titles=["Alien (1979)", "Aliens (1986)"], categories={"Sci-Fi": 0.8, "Horror": 0.2})
+    res = describe_personas(ScriptedLLM([answer, answer]), [p])
+    assert res.items[0].source == "template" and res.items[0].fallback_reason == reason
+
+
+def test_grounded_persona_description_is_accepted():
+    p = PersonaInput(persona_id="p1", name="Sci-Fi", description="Sci-Fi titles.",
+                     evidence_titles=["Alien (1979)", "Aliens (1986)"], categories={"Sci-Fi": 0.8, "Horror": 0.2})
+    ok = '{"name": "Deep Space Dread", "description": "Claustrophobic science fiction horror, like Alien."}'
+    res = describe_personas(ScriptedLLM([ok]), [p])
+    assert res.items[0].source == "llm" and res.items[0].name == "Deep Space Dread"

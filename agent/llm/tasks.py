@@ -51,12 +51,13 @@ MAX_EXPLANATION_CHARS = 200
 MAX_PROMPT_TITLES = 12
 
 DEFAULT_SAMPLING = {
-    "describe_personas": SamplingConfig(max_tokens=128),
+    "describe_personas": SamplingConfig(max_tokens=128, frequency_penalty=0.5),
     "route_request": SamplingConfig(max_tokens=32),
     "select_personas": SamplingConfig(max_tokens=32),
-    "explain_recommendations": SamplingConfig(max_tokens=144),
+    "explain_recommendations": SamplingConfig(max_tokens=112, frequency_penalty=0.5),
 }
-"""Greedy decoding and a token budget per task (explanations: per item in a request)."""
+"""Greedy decoding and a token budget per task (explanations: per item in a request). Prose
+tasks get a frequency penalty: small models otherwise loop ("a hero and a villain, and a hero...")."""
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -242,14 +243,26 @@ def _title_key(title: str) -> str:
     return _YEAR.sub("", title).strip().lower()
 
 
+_TRAILING_ARTICLE = re.compile(r"^(.*), (the|a|an|il|la|le|les|l'|das|der|die|el|los)$")
+
+
+def _title_keys(title: str) -> list[str]:
+    """Ways a text may name a title: ``"Godfather, The (1972)"`` -> ``godfather, the``,
+    ``the godfather``, ``godfather`` (MovieLens moves leading articles to the end)."""
+    key = _title_key(title)
+    m = _TRAILING_ARTICLE.match(key)
+    return [key, f"{m.group(2)} {m.group(1)}", m.group(1)] if m else [key]
+
+
 def _mentions(text: str, titles: Sequence[str]) -> list[str]:
     """Titles (year suffix ignored, 4+ characters) that occur in ``text`` as whole words."""
     low = text.lower()
     found = []
     for t in titles:
-        key = _title_key(t)
-        if len(key) >= 4 and re.search(r"(?<![a-z0-9])" + re.escape(key) + r"(?![a-z0-9])", low):
-            found.append(t)
+        for key in _title_keys(t):
+            if len(key) >= 4 and re.search(r"(?<![a-z0-9])" + re.escape(key) + r"(?![a-z0-9])", low):
+                found.append(t)
+                break
     return found
 
 
@@ -261,6 +274,21 @@ def _foreign_titles(text: str, allowed: Sequence[str], known: Sequence[str]) -> 
         for t in _mentions(text, known)
         if _title_key(t) not in allowed_keys and not any(_title_key(t) in a for a in allowed_keys)
     ]
+
+
+_CATEGORY_WORDS = {"sci-fi": ("sci-fi", "science fiction", "science-fiction", "scifi"),
+                   "children's": ("children", "kids", "family"), "film-noir": ("noir",)}
+
+
+def _names_category(text: str, categories: Mapping[str, float]) -> bool:
+    """Whether ``text`` names one of ``categories`` (a category's usual synonyms count)."""
+    low = text.lower()
+    for c in categories:
+        key = c.lower()
+        words = _CATEGORY_WORDS.get(key, (key.rstrip("s"),))
+        if any(re.search(r"(?<![a-z])" + re.escape(w), low) for w in words):
+            return True
+    return False
 
 
 def _top_categories(categories: Mapping[str, float], k: int) -> list[str]:
@@ -296,13 +324,34 @@ def _persona_id(answer: str, by_label: Mapping[str, str]) -> str:
     raise Rejected("unknown_persona", f"{answer!r} is not one of the personas {list(by_label)}")
 
 
+def _repetitive(text: str) -> str | None:
+    """Why ``text`` reads as a degenerate loop (a small model's usual failure), or None.
+
+    A word trigram that occurs twice, or fewer than half the words distinct in a text of 12+
+    words, is a loop: one sentence of real prose does neither.
+    """
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    seen: set[tuple[str, ...]] = set()
+    for g in grams:
+        if g in seen:
+            return f"repeats {' '.join(g)!r}"
+        seen.add(g)
+    if len(words) >= 12 and len(set(words)) < 0.5 * len(words):
+        return "repeats its words"
+    return None
+
+
 def _check_prose(text: str, what: str, min_words: int) -> None:
-    """Reject text that talks about the format instead of the taste, or is too short to mean anything."""
+    """Reject text that talks about the format instead of the taste, loops, or is too short to mean anything."""
     low = text.lower()
     if "json" in low or "{" in text or "<" in text:
         raise Rejected("meta_text", f"the {what} talks about the answer format instead of the titles")
     if len(text.split()) < min_words:
         raise Rejected("too_short", f"the {what} has fewer than {min_words} words")
+    loop = _repetitive(text)
+    if loop:
+        raise Rejected("repetitive", f"the {what} {loop}")
 
 
 def _sampling(task: str, sampling: SamplingConfig | None) -> SamplingConfig:
@@ -377,6 +426,13 @@ def describe_personas(
                 raise Rejected(
                     "foreign_title", f"mentions {foreign[0]!r}, which is not among this taste's titles"
                 )
+            if any(name.lower() in _title_keys(t) for t in p.evidence_titles):
+                raise Rejected("title_as_name", f"the name {name!r} is a title, not a taste")
+            if re.search(r"\w+: ?\d", desc):
+                raise Rejected("meta_text", "the description lists counts instead of describing a taste")
+            if not (_mentions(desc, p.evidence_titles) or _names_category(desc, p.categories)):
+                # grounding: a description must rest on this taste's titles or categories
+                raise Rejected("ungrounded", "the description names none of this taste's titles or categories")
             return _DescribeOut(name=name, description=desc)
 
         variables = {
@@ -767,6 +823,9 @@ def explain_recommendations(
                     )
                 if len(text) > max_chars:
                     raise Rejected("length", f"item {k}: {len(text)} characters; at most {max_chars}")
+                if not _mentions(text, ex.cited_titles):
+                    # grounding: the sentence itself must name what it rests on
+                    raise Rejected("ungrounded", f"item {k}'s explanation names none of its cited titles")
                 foreign = _foreign_titles(text, [r.title, *r.evidence_titles], known)
                 if foreign:
                     raise Rejected(

@@ -1,0 +1,228 @@
+"""The LLM's jobs wired into recommendation: persona text, request routing, persona selection,
+explanations. The exact engine ranks; the language model only works on language on top of it.
+
+* Persona text: a user's template-written personas are named and described by the LLM the
+  first time the user is served with a model configured (one batched call), stored as a new
+  persona version (``text_source="llm"``).
+* Routing: a free-text request ("something light and funny tonight") is routed to the
+  personas it activates; their contributions are multiplied by ``route_boost`` (a persona
+  focus), and the catalog is filtered by semantic search when ``query_filter`` is on.
+* Selection: the responsible persona of each listed item is the numeric attention's
+  (``attention``), the LLM's (``llm``) or the LLM's only where attention is not decisive
+  (``both``); the disagreement rate is reported. Evidence follows the chosen persona.
+* Explanations: one batched call for the whole list; an explanation may cite only its own
+  evidence titles; failures fall back to the template sentence.
+
+Every result carries the prompts' names and hashes, fallback counters per reason and
+``llm_error`` (server down, timeout) in ``RecommendationList.meta``; nothing here raises for
+model output or backend failures.
+
+Example:
+    >>> from agent.llm import ScriptedLLM
+    >>> lang = LanguageLayer(engine, ScriptedLLM([...]))                       # doctest: +SKIP
+    >>> out = lang.recommend("1", k=5, request="something funny", explain=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.llm.base import LLMBackend
+from agent.llm.tasks import (CandidateInput, PersonaInput, RecommendationInput, combine_selection,
+                             describe_personas, explain_recommendations, route_request, select_personas)
+from agent.llm.validated import FallbackCounter
+from personas.attention import PersonaScores
+from personas.model import PersonaSet
+from personas.recommendation import EvidenceItem, PersonaRef, RecommendationList
+
+log = logging.getLogger("plural.language")
+
+
+class LanguageConfig(BaseModel):
+    """How the LLM is used on top of the engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    describe_personas: bool = True
+    """Have the LLM name and describe template-written personas the first time a user is served."""
+    selection: Literal["attention", "llm", "both"] = "attention"
+    """Who picks each item's responsible persona: the numeric attention, the LLM, or the LLM
+    where attention gives no persona at least ``min_attention_share``."""
+    min_attention_share: float = Field(0.5, gt=0, le=1)
+    """``both``: attention below this share is not decisive, so the LLM decides."""
+    route_boost: float = Field(2.0, ge=1.0)
+    """Multiplier of the contributions of the personas a request is routed to."""
+    query_filter: bool = True
+    """Also restrict candidates to the catalog's semantic neighbours of the request."""
+    evidence_titles: int = Field(8, ge=1)
+    """Evidence titles per persona shown to the LLM when describing it."""
+
+
+def persona_inputs(engine, pset: PersonaSet, n_titles: int = 8) -> list[PersonaInput]:
+    """The LLM tasks' view of a user's personas."""
+    cat = engine.catalog
+    return [PersonaInput.from_persona(p, cat.titles(cat.indices(p.evidence[:n_titles]))) for p in pset.personas]
+
+
+class LanguageLayer:
+    """An :class:`~agent.engine.Engine` plus an LLM backend (``None``: templates only)."""
+
+    def __init__(self, engine, backend: LLMBackend | None, config: LanguageConfig | None = None):
+        self.engine, self.backend = engine, backend
+        self.config = config or LanguageConfig()
+
+    # ---- persona text ------------------------------------------------------------------
+    def ensure_persona_text(self, user_id: str) -> dict | None:
+        """LLM-written names and descriptions for personas still carrying template text.
+
+        Returns the task metadata (None when nothing was asked). Only personas the model
+        answered validly change; they are stored as a new version.
+        """
+        if self.backend is None or not self.config.describe_personas:
+            return None
+        store = self.engine.persona_store
+        pset = store.get(user_id)
+        if pset is None or not pset.personas:
+            return None
+        todo = [p for p in pset.personas if p.text_source == "template"]
+        if not todo:
+            return None
+        inputs = persona_inputs(self.engine, PersonaSet(user_id=user_id, personas=todo), self.config.evidence_titles)
+        result = describe_personas(self.backend, inputs)
+        written = {it.persona_id: it for it in result.items if it.source != "template"}
+        if written:
+            personas = [p.model_copy(update={"name": written[p.persona_id].name,
+                                             "description": written[p.persona_id].description,
+                                             "text_source": "llm"}) if p.persona_id in written else p
+                        for p in pset.personas]
+            store.put(pset.model_copy(update={"personas": personas}), reason="llm-description")
+        return result.metadata()
+
+    # ---- routing -----------------------------------------------------------------------
+    def route(self, user_id: str, request: str) -> tuple[dict[str, float], dict]:
+        """The persona focus a request implies, and the routing task's metadata."""
+        pset = self.engine.recommender.persona_set(user_id)
+        if not pset.personas:
+            return {}, {}
+        # the fallback: personas whose text vector is closest to the request
+        scores = {}
+        try:
+            q = self.engine.embedder().embed([request])[0]
+            scores = {p.persona_id: float(np.dot(p.vector(), q)) for p in pset.personas if p.embedding}
+        except Exception as e:  # noqa: BLE001 - routing must not fail a recommendation
+            log.warning("embedding the request failed (%s); routing by words only", e)
+        result = route_request(self.backend, request, persona_inputs(self.engine, pset, self.config.evidence_titles),
+                               fallback_scores=scores or None)
+        routed = result.items[0].persona_ids if result.items else []
+        focus = {pid: self.config.route_boost for pid in routed}
+        meta = {**result.metadata(), "persona_ids": routed, "source": result.items[0].source if result.items else None}
+        return focus, meta
+
+    # ---- the whole recommendation ------------------------------------------------------
+    def recommend(self, user_id: str, k: int = 10, mode: str = "relevance", *, request: str | None = None,
+                  explain: bool = True, categories: Sequence[str] | None = None, query: str | None = None,
+                  exclude_items: Sequence[str] | None = None,
+                  persona_focus: dict[str, float] | None = None) -> RecommendationList:
+        """Recommend for ``user_id`` with the LLM's help; see the module docstring."""
+        t0 = time.perf_counter()
+        meta: dict = {"llm": {"backend": getattr(self.backend, "name", "none") if self.backend else "none",
+                              "model": self.backend.model_name if self.backend else None}}
+        errors: list[str] = []
+        described = self.ensure_persona_text(user_id) if self.backend is not None else None
+        if described:
+            meta["describe_personas"] = described
+            if described.get("llm_error"):
+                errors.append(described["llm_error"])
+        focus = dict(persona_focus or {})
+        request_query = False
+        if request:
+            routed_focus, route_meta = self.route(user_id, request)
+            focus.update(routed_focus)
+            meta["route_request"] = route_meta
+            if route_meta.get("llm_error"):
+                errors.append(route_meta["llm_error"])
+            if query is None and self.config.query_filter:
+                query, request_query = request, True
+        out = self.engine.recommend(user_id, k, mode, categories=categories, query=query,
+                                    persona_focus=focus or None, exclude_items=exclude_items)
+        if request_query and len(out.items) < k:
+            # the request's catalog neighbours are too few: keep the persona focus, drop the filter
+            out = self.engine.recommend(user_id, k, mode, categories=categories, persona_focus=focus or None,
+                                        exclude_items=exclude_items)
+            meta["query_filter"] = "dropped: fewer than k items matched the request"
+        if out.cold_start or not out.items:
+            out.meta.update(meta)
+            return out
+        pset = self.engine.recommender.persona_set(user_id)
+        if self.config.selection != "attention" and self.backend is not None:
+            sel_meta = self._select(out, pset, focus)
+            meta["select_personas"] = sel_meta
+            if sel_meta.get("llm_error"):
+                errors.append(sel_meta["llm_error"])
+        if explain:
+            ex_meta = self._explain(out, pset)
+            meta["explain_recommendations"] = ex_meta
+            if ex_meta.get("llm_error"):
+                errors.append(ex_meta["llm_error"])
+        total = FallbackCounter()
+        for key in ("describe_personas", "route_request", "select_personas", "explain_recommendations"):
+            if key in meta and isinstance(meta[key], dict) and "fallbacks" in meta[key]:
+                total = total.merge(FallbackCounter.model_validate(
+                    {k: v for k, v in meta[key]["fallbacks"].items() if k != "fallback_rate"}))
+        meta["fallbacks"] = total.as_dict()
+        meta["llm_error"] = errors[0] if errors else None
+        if errors:
+            log.warning("LLM unavailable, template text used: %s", errors[0])
+        if total.template:
+            log.info("LLM fallbacks: %s", total.fallbacks)
+        out.meta.update(meta)
+        out.meta["latency_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+        prompts = {name: m["provenance"]["prompt_sha256"][:12] for name, m in meta.items()
+                   if isinstance(m, dict) and "provenance" in m}
+        out.provenance["prompts"] = prompts
+        out.provenance["llm"] = meta["llm"]
+        return out
+
+    def _select(self, out: RecommendationList, pset: PersonaSet, focus: dict[str, float]) -> dict:
+        cands = [CandidateInput(item_id=r.item_id, title=r.title, categories=r.categories) for r in out.items]
+        attention = {r.item_id: r.attention for r in out.items}
+        result = select_personas(self.backend, cands, persona_inputs(self.engine, pset, self.config.evidence_titles),
+                                 attention=attention)
+        report = combine_selection(attention, result, self.config.selection,
+                                   min_attention_share=self.config.min_attention_share)
+        chosen = {c.item_id: c.persona_id for c in report.choices}
+        changed = [r for r in out.items if chosen.get(r.item_id) and chosen[r.item_id] != (r.persona.id if r.persona else None)]
+        if changed:
+            ps, _ = self.engine.recommender.persona_scores(out.user_id, pset)
+            idx = {pid: n for n, pid in enumerate(pset.ids)}
+            cat = self.engine.catalog
+            positions = cat.indices([r.item_id for r in changed])
+            ev = ps.evidence_many(positions, [idx[chosen[r.item_id]] for r in changed],
+                                  self.engine.config.attention.evidence_per_item)
+            for r, pairs in zip(changed, ev):
+                p = pset.get(chosen[r.item_id])
+                r.persona = PersonaRef(id=p.persona_id, name=p.name)
+                r.evidence = [EvidenceItem(item_id=cat.item(j).item_id, title=cat.title(j), weight=round(w, 6))
+                              for j, w in pairs]
+        return {**result.metadata(), **report.model_dump(exclude={"choices"}), "changed": len(changed)}
+
+    def _explain(self, out: RecommendationList, pset: PersonaSet) -> dict:
+        recs = []
+        for r in out.items:
+            p = pset.get(r.persona.id)
+            recs.append(RecommendationInput(item_id=r.item_id, title=r.title, categories=r.categories,
+                                            persona_id=p.persona_id, persona_name=p.name,
+                                            persona_description=p.description,
+                                            evidence_titles=[e.title for e in r.evidence]))
+        result = explain_recommendations(self.backend, recs, catalog_titles=self.engine.catalog_titles())
+        for r, ex in zip(out.items, result.items):
+            if ex.source != "template":
+                r.explanation = ex.text
+                r.explanation_source = "llm"
+        return result.metadata()

@@ -1,0 +1,112 @@
+"""The LLM wired into recommendation (agent.language), with a scripted backend: persona text,
+routing, persona selection, explanations, fallbacks and backend failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.cli import main
+from agent.engine import Engine
+from agent.language import LanguageConfig, LanguageLayer
+from agent.llm import LLMError, ScriptedLLM
+from memory.loaders import DataSource
+
+
+@pytest.fixture
+def engine(tmp_path, hash_config):
+    # a private copy: these tests write persona versions
+    return Engine.open(DataSource(dataset="synthetic"), hash_config, tmp_path / "dd")
+
+
+def _answer(req) -> str:
+    """A well-behaved fake LLM: valid, grounded answers built from what the prompt shows."""
+    schema = req.json_schema or {}
+    props = schema.get("properties", {})
+    if "explanations" in props:
+        entries = props["explanations"]["prefixItems"]
+        out = []
+        for k, e in enumerate(entries, start=1):
+            title = e["properties"]["cited_titles"]["items"]["enum"][0]
+            out.append({"item": k, "cited_titles": [title],
+                        "explanation": f"You loved {title.split(' (')[0]}, and this one shares its spirit."})
+        return json.dumps({"explanations": out})
+    if "description" in props:
+        user = req.messages[-1].content
+        shares = json.loads(user.split("categories (percent of titles): ", 1)[1].split("\n", 1)[0])
+        cat = max(shares, key=shares.get)
+        return json.dumps({"name": f"Devoted {cat} Fan", "description": f"Seeks out {cat.lower()} stories "
+                                                                        f"again and again."})
+    if "personas" in props:  # routing: the last persona offered
+        return json.dumps({"personas": [props["personas"]["items"]["enum"][-1]]})
+    if "persona" in props:  # selection: always the first persona offered
+        return json.dumps({"persona": props["persona"]["enum"][0]})
+    raise AssertionError(f"unexpected request schema {schema}")
+
+
+def test_llm_writes_persona_text_once_as_a_new_version(engine):
+    lang = LanguageLayer(engine, ScriptedLLM(_answer))
+    out = lang.recommend("3", k=5, explain=True)
+    pset = engine.persona_store.get("3")
+    assert all(p.text_source == "llm" and p.name.startswith("Devoted") for p in pset.personas)
+    assert all(v.reason == "llm-description" for v in engine.persona_store.versions("3")
+               if v.persona.version == 2)
+    assert out.meta["describe_personas"]["fallbacks"]["llm"] == len(pset.personas)
+    again = LanguageLayer(engine, ScriptedLLM(_answer))
+    again.recommend("3", k=5, explain=False)
+    assert "describe_personas" not in again.recommend("3", k=5).meta  # already LLM-written: not asked again
+
+
+def test_explanations_are_llm_written_and_grounded(engine):
+    out = LanguageLayer(engine, ScriptedLLM(_answer)).recommend("4", k=5, explain=True)
+    assert all(r.explanation_source == "llm" for r in out.items)
+    for r in out.items:
+        assert r.evidence[0].title.split(" (")[0] in r.explanation
+    assert out.meta["fallbacks"]["template"] == 0 and out.meta["llm_error"] is None
+    assert set(out.provenance["prompts"]) >= {"describe_personas", "explain_recommendations"}
+
+
+def test_routing_focuses_the_list_on_the_routed_persona(engine):
+    lang = LanguageLayer(engine, ScriptedLLM(_answer), LanguageConfig(query_filter=False, route_boost=4.0))
+    pset = engine.persona_store.get("9")
+    out = lang.recommend("9", k=10, request="something for tonight", explain=False)
+    routed = out.meta["route_request"]["persona_ids"]
+    assert routed == [pset.personas[-1].persona_id]
+    plain = engine.recommend("9", k=10)
+    count = lambda o: sum(r.persona.id == routed[0] for r in o.items)  # noqa: E731
+    assert count(out) > count(plain)
+
+
+def test_selection_modes_and_disagreement(engine):
+    lang = LanguageLayer(engine, ScriptedLLM(_answer), LanguageConfig(selection="llm", describe_personas=False))
+    out = lang.recommend("11", k=8, explain=False)
+    first = engine.persona_store.get("11").personas[0].persona_id
+    assert all(r.persona.id == first for r in out.items)  # the LLM decides every item
+    sel = out.meta["select_personas"]
+    assert sel["mode"] == "llm" and sel["disagreement_rate"] is not None
+    pset = engine.persona_store.get("11")
+    for r in out.items:  # evidence follows the chosen persona
+        assert {e.item_id for e in r.evidence} <= set(pset.get(r.persona.id).evidence)
+
+
+def test_backend_down_gives_template_text_and_llm_error(engine):
+    lang = LanguageLayer(engine, ScriptedLLM.failing(LLMError("connection refused: 127.0.0.1:9")))
+    out = lang.recommend("5", k=5, explain=True, request="war films")
+    assert len(out.items) == 5 and all(r.explanation_source == "template" for r in out.items)
+    assert "connection refused" in out.meta["llm_error"]
+    assert all(p.text_source == "template" for p in engine.persona_store.get("5").personas)
+
+
+def test_cli_explain_with_no_llm_and_unknown_backend(capsys, tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"embedder": "hash:128"}))
+    code = main(["recommend", "--user", "2", "--k", "3", "--explain", "--llm", "none", "--json",
+                 "--dataset", "synthetic", "--config", str(cfg)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert all(r["explanation_source"] == "template" for r in json.loads(out.out))
+    code = main(["recommend", "--user", "2", "--explain", "--llm", "gpt5", "--dataset", "synthetic",
+                 "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 2 and "transformers" in err and "vllm" in err and "openai" in err
