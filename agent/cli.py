@@ -226,6 +226,107 @@ def data_info(
         con.print(f"[bold]{key:>18}[/]  {', '.join(v) if isinstance(v, list) else v}")
 
 
+@app.command()
+def chat(
+    user: Annotated[str, typer.Option("--user", "-u", help="User id.")],
+    thread: Annotated[Optional[str], typer.Option("--thread", "-t", help="Thread id to resume (default: a new one).")] = None,
+    message: Annotated[Optional[str], typer.Option("--message", "-m", help="Send one message and exit (for scripts).")] = None,
+    as_json: JsonOpt = False,
+    k: Annotated[int, typer.Option("--k", "-k", help="Items per list.")] = 5,
+    mode: Annotated[str, typer.Option("--mode", help="Ranking mode.")] = "persona_calibrated",
+    llm: LLMOpt = None, model: ModelOpt = None, base_url: BaseUrlOpt = None,
+    dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
+    items: ItemsOpt = None, columns: ColumnsOpt = None, config: ConfigOpt = None, data_dir: DataDirOpt = None,
+) -> None:
+    """Conversational recommendation: ask, react ("not that one"), ask why, see your personas.
+
+    Interactive by default (type /quit to leave; the same --thread resumes later); with
+    --message it answers one message and exits. The LLM defaults to the packaged SmolLM2
+    (--llm none for templates only).
+    """
+    from agent.api import PluralAgent
+    from agent.runtime import AgentConfig, AgentRuntime
+    from personas.ranking import RANKING_MODES
+
+    if mode not in RANKING_MODES:
+        raise UsageError("--mode", mode, sorted(RANKING_MODES))
+    backend = _backend(llm, model, base_url) if (llm or "transformers") != "none" else None
+    engine = _open_engine(_source(dataset, data, train, test, items, columns), _config(config), data_dir, False, user)
+    agent = PluralAgent(AgentRuntime(engine, backend, AgentConfig(k=k, mode=mode)))
+    if message is not None:
+        reply = agent.chat(user, message, thread)
+        if as_json:
+            typer.echo(reply.model_dump_json(indent=2))
+        else:
+            _console().print(reply.response)
+            _console(stderr=True).print(f"[dim]thread {reply.thread_id}[/]")
+        if reply.error and reply.intent is None:
+            raise typer.Exit(1)
+        return
+    _interactive_chat(agent, user, thread)
+
+
+def _interactive_chat(agent, user: str, thread: str | None) -> None:
+    import uuid
+
+    con = _console()
+    thread = thread or uuid.uuid4().hex[:12]
+    try:
+        past = agent.transcript(thread, user)
+    except PluralError as e:
+        con.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    con.print(f"[bold]Plural[/] — user {user}, thread [bold]{thread}[/] "
+              f"(resume later with --thread {thread}). Type /quit to leave, /help for commands.")
+    for turn in past[-6:]:
+        from rich.markup import escape
+
+        who = "you" if turn["role"] == "user" else "plural"
+        con.print(f"[dim]{who}: {escape(turn['content'])}[/]")
+    while True:
+        try:
+            text = con.input("[bold cyan]you> [/]")
+        except (EOFError, KeyboardInterrupt):
+            con.print()
+            break
+        cmd = text.strip()
+        if cmd in ("/quit", "/exit", "/q"):
+            break
+        if cmd == "/help":
+            con.print("Ask for something (\"something light and funny tonight\"), react (\"not that one, too "
+                      "violent\", \"loved the first\"), ask \"why the third?\", \"more like the second one\", "
+                      "\"show my personas\". Commands: /versions, /rollback PERSONA VERSION, /history, /quit.")
+            continue
+        if cmd == "/versions":
+            from rich.markup import escape
+
+            for v in agent.persona_versions(user):
+                con.print(escape(f"{v.persona.persona_id} v{v.persona.version} [{v.reason}] {v.persona.name}: "
+                                 f"{v.persona.description}"))
+            continue
+        if cmd.startswith("/rollback"):
+            parts = cmd.split()
+            try:
+                p = agent.rollback(user, parts[1], int(parts[2]))
+                con.print(f"{p.persona_id} is back to: {p.name} — {p.description} (now v{p.version})")
+            except (IndexError, ValueError):
+                con.print("usage: /rollback PERSONA_ID VERSION (see /versions)")
+            except PluralError as e:
+                con.print(f"[red]{e}[/]")
+            continue
+        if cmd == "/history":
+            from rich.markup import escape
+
+            for ev in reversed(agent.history(user, 15)):
+                con.print(f"[dim]{ev.kind}[/] {escape(ev.text)}")
+            continue
+        with con.status("thinking…"):
+            reply = agent.chat(user, text, thread)
+        from rich.markup import escape
+
+        con.print(("[red]" if reply.error else "[green]") + "plural>[/] " + escape(reply.response))
+
+
 @eval_app.command("rec")
 def eval_rec(
     k: Annotated[Optional[list[int]], typer.Option("--k", help="List lengths (repeatable: --k 10 20).")] = None,

@@ -128,8 +128,13 @@ class LanguageLayer:
     def recommend(self, user_id: str, k: int = 10, mode: str = "relevance", *, request: str | None = None,
                   explain: bool = True, categories: Sequence[str] | None = None, query: str | None = None,
                   exclude_items: Sequence[str] | None = None,
-                  persona_focus: dict[str, float] | None = None) -> RecommendationList:
-        """Recommend for ``user_id`` with the LLM's help; see the module docstring."""
+                  persona_focus: dict[str, float] | None = None,
+                  routing: tuple[dict[str, float], dict] | None = None) -> RecommendationList:
+        """Recommend for ``user_id`` with the LLM's help; see the module docstring.
+
+        ``routing`` is a ``(persona focus, metadata)`` pair from :meth:`route` when the caller
+        routed the request already (the agent's graph does it in its own node).
+        """
         t0 = time.perf_counter()
         meta: dict = {"llm": {"backend": getattr(self.backend, "name", "none") if self.backend else "none",
                               "model": self.backend.model_name if self.backend else None}}
@@ -142,7 +147,7 @@ class LanguageLayer:
         focus = dict(persona_focus or {})
         request_query = False
         if request:
-            routed_focus, route_meta = self.route(user_id, request)
+            routed_focus, route_meta = routing if routing is not None else self.route(user_id, request)
             focus.update(routed_focus)
             meta["route_request"] = route_meta
             if route_meta.get("llm_error"):
@@ -166,7 +171,7 @@ class LanguageLayer:
             if sel_meta.get("llm_error"):
                 errors.append(sel_meta["llm_error"])
         if explain:
-            ex_meta = self._explain(out, pset)
+            ex_meta = self.explain_list(out, pset)
             meta["explain_recommendations"] = ex_meta
             if ex_meta.get("llm_error"):
                 errors.append(ex_meta["llm_error"])
@@ -212,7 +217,9 @@ class LanguageLayer:
                               for j, w in pairs]
         return {**result.metadata(), **report.model_dump(exclude={"choices"}), "changed": len(changed)}
 
-    def _explain(self, out: RecommendationList, pset: PersonaSet) -> dict:
+    def explain_list(self, out: RecommendationList, pset: PersonaSet | None = None) -> dict:
+        """Explain every item of ``out`` in one batched call (in place); returns the task metadata."""
+        pset = pset or self.engine.recommender.persona_set(out.user_id)
         recs = []
         for r in out.items:
             p = pset.get(r.persona.id)

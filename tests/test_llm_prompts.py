@@ -64,9 +64,9 @@ SAMPLE_VARS = {
         "max_description_chars": 300,
     },
     "consolidate_memory": {
-        "current_summary": "",
-        "events": [{"when": "2024-01-01", "kind": "rating", "text": "Heat: 5"}],
-        "max_chars": 300,
+        "current_facts": [],
+        "events": [{"n": 1, "kind": "feedback", "text": "liked Heat (1995)"}],
+        "max_facts": 8,
     },
     "judge_consistency": {
         "mode": "line_to_line",

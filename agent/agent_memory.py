@@ -1,0 +1,212 @@
+"""The agent's memory of each user: episodic events and semantic facts, on the engine's FAISS
++ SQLite store.
+
+* Episodic: every chat turn (``chat_turn``), every list shown (``recommendation``), every
+  reaction (``feedback``), time-stamped, searchable by similarity.
+* Semantic: facts about the user's tastes, each citing the episodic events it came from,
+  consolidated from the events by the LLM every ``consolidate_every`` events (a deterministic
+  summary of the feedback when the model fails or there is none).
+* Recall blends recency and similarity, recency weighted more (PRIME: recency-based recall
+  beats similarity-based recall for personalisation).
+
+Users are separate namespaces of the store: nothing here can read or write another user's
+memory. Writes of one agent turn go through :meth:`AgentMemory.transaction`: all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.llm.base import LLMBackend, SamplingConfig
+from agent.llm.validated import FallbackCounter, Job, Rejected, run_validated
+from memory.memories import EpisodicMemory, SemanticMemory
+from memory.store import MemoryRecord
+from prompts import load_prompt
+
+log = logging.getLogger("plural.memory")
+
+REACTIONS = ("like", "dislike")
+
+
+class MemoryConfig(BaseModel):
+    """How the agent remembers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    consolidate_every: int = Field(6, ge=1)
+    """Consolidate semantic memory after this many new episodic events."""
+    recall_k: int = Field(6, ge=1)
+    """Events recalled per turn."""
+    recency_weight: float = Field(0.6, ge=0, le=1)
+    """Weight of recency against similarity in recall (recency matters more: PRIME)."""
+    half_life_days: float = Field(30.0, gt=0)
+    """Recency half-life."""
+    max_facts: int = Field(8, ge=1)
+    """Facts kept per user."""
+
+
+class _Fact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+    sources: list[int]
+
+
+class _Facts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    facts: list[_Fact]
+
+
+class AgentMemory:
+    """Episodic and semantic memory of users (see the module docstring)."""
+
+    def __init__(self, store, embedder, config: MemoryConfig | None = None):
+        self.store = store
+        self.config = config or MemoryConfig()
+        self.episodic = EpisodicMemory(store, embedder)
+        self.semantic = SemanticMemory(store, embedder)
+
+    def transaction(self):
+        """All writes inside are applied together or not at all."""
+        return self.store.transaction()
+
+    # ---- episodic writes ---------------------------------------------------------------
+    def record_turn(self, user_id: str, thread_id: str, role: str, text: str) -> MemoryRecord:
+        return self.episodic.record(user_id, "chat_turn", f"{role}: {text}",
+                                    {"thread_id": thread_id, "role": role})
+
+    def record_shown(self, user_id: str, thread_id: str | None, items: Sequence[dict]) -> MemoryRecord:
+        """A list shown to the user: ``items`` are ``{item_id, title, persona_id}``."""
+        titles = "; ".join(i["title"] for i in items)
+        return self.episodic.record(user_id, "recommendation", f"shown: {titles}",
+                                    {"thread_id": thread_id, "items": list(items)})
+
+    def record_feedback(self, user_id: str, item_id: str, title: str, reaction: str, text: str | None,
+                        persona_id: str | None, thread_id: str | None = None) -> MemoryRecord:
+        words = "liked" if reaction == "like" else "disliked"
+        body = f"{words} {title}" + (f": {text}" if text else "")
+        return self.episodic.record(user_id, "feedback", body,
+                                    {"item_id": item_id, "title": title, "reaction": reaction, "text": text,
+                                     "persona_id": persona_id, "thread_id": thread_id})
+
+    # ---- reads -------------------------------------------------------------------------
+    def feedback_events(self, user_id: str, limit: int | None = None) -> list[MemoryRecord]:
+        """Feedback events, newest first."""
+        return self.store.list(self.episodic_ns(user_id), kind="feedback", limit=limit, newest_first=True)
+
+    def reacted_items(self, user_id: str) -> dict[str, str]:
+        """item id -> latest reaction of the user."""
+        out: dict[str, str] = {}
+        for r in reversed(self.feedback_events(user_id)):
+            out[r.payload["item_id"]] = r.payload["reaction"]
+        return out
+
+    def history(self, user_id: str, limit: int = 50) -> list[MemoryRecord]:
+        """The user's episodic events, newest first."""
+        return self.store.list(self.episodic_ns(user_id), limit=limit, newest_first=True)
+
+    def recall(self, user_id: str, text: str, k: int | None = None) -> list[dict]:
+        """Events blending recency and similarity, plus the user's semantic facts."""
+        if self.store.count(self.episodic_ns(user_id)) == 0:
+            events = []
+        else:
+            events = self.episodic.recall(user_id, text or "recommendation", k=k or self.config.recall_k,
+                                          recency_weight=self.config.recency_weight,
+                                          half_life_days=self.config.half_life_days)
+        out = [{"kind": e.record.kind, "text": e.record.text, "score": round(e.score, 4),
+                "recency": round(e.recency, 4), "similarity": round(e.similarity, 4),
+                "event_id": e.record.record_id} for e in events]
+        facts = [{"kind": "fact", "text": f.text, "sources": list(f.source_ids)} for f in self.semantic.facts(user_id)]
+        return out + facts
+
+    def episodic_ns(self, user_id: str):
+        from memory.memories import episodic_namespace
+
+        return episodic_namespace(user_id)
+
+    def events_since_consolidation(self, user_id: str) -> list[MemoryRecord]:
+        facts = self.semantic.facts(user_id)
+        since = max((f.timestamp for f in facts), default=0.0)
+        return [r for r in self.store.list(self.episodic_ns(user_id), newest_first=False)
+                if r.timestamp > since and r.kind in ("feedback", "chat_turn")]
+
+    # ---- consolidation -----------------------------------------------------------------
+    def maybe_consolidate(self, user_id: str, backend: LLMBackend | None, force: bool = False) -> dict | None:
+        """Consolidate semantic memory when enough new events arrived; returns what happened."""
+        new = self.events_since_consolidation(user_id)
+        if not new or (len(new) < self.config.consolidate_every and not force):
+            return None
+        return self.consolidate(user_id, backend, new)
+
+    def consolidate(self, user_id: str, backend: LLMBackend | None, events: Sequence[MemoryRecord]) -> dict:
+        """Replace the user's facts with ones consolidated from ``events`` (and the old facts)."""
+        old = self.semantic.facts(user_id)
+        events = list(events)[-24:]
+        ids = [e.record_id for e in events]
+        prompt = load_prompt("consolidate_memory")
+
+        def check(out: _Facts) -> list[_Fact]:
+            if not out.facts:
+                raise Rejected("empty", "no facts")
+            for f in out.facts:
+                if not f.sources or any(s < 1 or s > len(events) for s in f.sources):
+                    raise Rejected("bad_source", f"fact {f.text!r} cites events outside 1..{len(events)}")
+                if len(f.text) > 160 or len(f.text.split()) < 3:
+                    raise Rejected("length", f"fact {f.text!r} is not one short sentence")
+            return out.facts[: self.config.max_facts]
+
+        job = Job(variables={"current_facts": [f.text for f in old],
+                             "events": [{"n": n, "kind": e.kind, "text": e.text} for n, e in
+                                        enumerate(events, start=1)],
+                             "max_facts": self.config.max_facts},
+                  schema=prompt.output_schema, check=check)
+        counter = FallbackCounter()
+        outcomes, llm_error = run_validated(backend, prompt, [job], _Facts, SamplingConfig(max_tokens=256,
+                                                                                           frequency_penalty=0.3),
+                                            counter, task="consolidate_memory")
+        o = outcomes[0]
+        if o.value is not None:
+            facts = [(f.text, [ids[s - 1] for s in f.sources]) for f in o.value]
+            source = o.source
+        else:
+            facts = self._template_facts(events, old)
+            source = "template"
+            counter.record("template", o.reason)
+        if facts:
+            self.semantic.replace_facts(user_id, [MemoryRecord(kind="fact", text=t, source_ids=list(s))
+                                                  for t, s in facts])
+        return {"facts": [t for t, _ in facts], "source": source, "fallbacks": counter.as_dict(),
+                "llm_error": llm_error}
+
+    def _template_facts(self, events: Sequence[MemoryRecord], old) -> list[tuple[str, list[int]]]:
+        """Deterministic facts: what the user liked and disliked lately, citing those events."""
+        liked = [e for e in events if e.kind == "feedback" and e.payload.get("reaction") == "like"]
+        disliked = [e for e in events if e.kind == "feedback" and e.payload.get("reaction") == "dislike"]
+        facts: list[tuple[str, list[int]]] = []
+        if liked:
+            titles = ", ".join(e.payload["title"] for e in liked[-3:])
+            facts.append((f"Recently liked {titles}.", [e.record_id for e in liked[-3:]]))
+        if disliked:
+            titles = ", ".join(e.payload["title"] for e in disliked[-3:])
+            reasons = [e.payload.get("text") for e in disliked[-3:] if e.payload.get("text")]
+            why = f" ({'; '.join(reasons)[:80]})" if reasons else ""
+            facts.append((f"Recently rejected {titles}{why}.", [e.record_id for e in disliked[-3:]]))
+        kept = [(f.text, list(f.source_ids)) for f in old if f.text not in {t for t, _ in facts}]
+        return (facts + kept)[: self.config.max_facts]
+
+
+def reaction_counts(records: Sequence[MemoryRecord]) -> dict[str, int]:
+    return dict(Counter(r.payload.get("reaction") for r in records if r.kind == "feedback"))
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,1 @@
+"""The LangGraph agent: typed state, message understanding, nodes and the graph itself."""
