@@ -202,6 +202,10 @@ class PluralAgent:
         meta["committed"] = state.get("committed")
         if rec:
             meta["recommendation"] = {k: rec.get(k) for k in ("provenance", "meta", "mode")}
+        answer = state.get("answer") or {}
+        errors = [meta.get("llm_error"), (rec.get("meta") or {}).get("llm_error") if rec else None,
+                  (answer.get("refinement") or {}).get("llm_error"), (answer.get("llm") or {}).get("llm_error")]
+        meta["llm_error"] = next((e for e in errors if e), None)
         return ChatReply(user_id=user, thread_id=thread_id, response=state.get("response", ""),
                          intent=(state.get("understanding") or {}).get("intent"),
                          items=rec.get("items", []) if rec else [], answer=state.get("answer"),

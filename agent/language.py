@@ -6,7 +6,8 @@ explanations. The exact engine ranks; the language model only works on language 
   persona version (``text_source="llm"``).
 * Routing: a free-text request ("something light and funny tonight") is routed to the
   personas it activates; their contributions are multiplied by ``route_boost`` (a persona
-  focus), and the catalog is filtered by semantic search when ``query_filter`` is on.
+  focus; calibrated modes then aim at the focused personas' mix), and the catalog is filtered
+  by semantic search only when ``query_filter`` is on.
 * Selection: the responsible persona of each listed item is the numeric attention's
   (``attention``), the LLM's (``llm``) or the LLM's only where attention is not decisive
   (``both``); the disagreement rate is reported. Evidence follows the chosen persona.
@@ -58,8 +59,10 @@ class LanguageConfig(BaseModel):
     """``both``: attention below this share is not decisive, so the LLM decides."""
     route_boost: float = Field(2.0, ge=1.0)
     """Multiplier of the contributions of the personas a request is routed to."""
-    query_filter: bool = True
-    """Also restrict candidates to the catalog's semantic neighbours of the request."""
+    query_filter: bool = False
+    """Also restrict candidates to the catalog's semantic neighbours of the request. Off by
+    default: a vague request ("surprise me") has arbitrary neighbours, and routing to personas
+    already carries the request; an explicit ``query`` is always a filter."""
     evidence_titles: int = Field(8, ge=1)
     """Evidence titles per persona shown to the LLM when describing it."""
 

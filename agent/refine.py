@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -319,7 +320,8 @@ class PersonaRefiner:
         """Rejected items, then items of the catalog no persona of the user holds (seeded)."""
         owned = {i for p in pset.personas for i in p.evidence}
         out = [i for i in rejected if i in self.catalog][: self.config.guard_items]
-        rng = np.random.default_rng(self.config.seed + hash(pset.user_id) % 1000)
+        # a stable per-user seed (str hash() changes with every process)
+        rng = np.random.default_rng(self.config.seed + zlib.crc32(pset.user_id.encode()) % 1000)
         ids = self.catalog.item_ids
         for k in rng.permutation(len(ids)):
             if len(out) >= 2 * self.config.guard_items:

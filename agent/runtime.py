@@ -2,9 +2,8 @@
 
 The LangGraph nodes (``agent.graph``) and the Python API (``agent.api``) both call these.
 Operations that change something return their writes as :class:`Pending` instead of writing;
-:meth:`AgentRuntime.commit` applies a turn's writes together (memory in one transaction,
-personas stored inside it and restored if the memory commit fails), so a turn's writes are
-complete or absent.
+:meth:`AgentRuntime.commit` applies a turn's writes together (a persona-store transaction around
+a memory transaction), so a turn's writes are complete or absent.
 """
 
 from __future__ import annotations
@@ -244,9 +243,10 @@ class AgentRuntime:
     def commit(self, user_id: str, pending: Pending) -> dict:
         """Apply one turn's writes together; returns what was written."""
         store = self.engine.persona_store
-        old = store.get(user_id) if pending.personas else None
         written_personas = False
-        try:
+        # personas and memory are two SQLite files: the persona transaction commits only after the
+        # memory one did, so a failure anywhere leaves both as they were
+        with store.transaction():
             with self.memory.transaction():
                 if pending.personas:
                     new = PersonaSet.model_validate(pending.personas["set"])
@@ -266,10 +266,6 @@ class AgentRuntime:
                                                     ev.get("text"), ev.get("persona_id"), ev.get("thread_id"))
                     else:
                         raise UsageError("event kind", kind, ["chat_turn", "recommendation", "feedback"])
-        except BaseException:
-            if written_personas and old is not None:  # the memory commit failed: undo the persona write
-                store.put(old, reason="revert: turn not committed")
-            raise
         consolidated = None
         try:
             consolidated = self.memory.maybe_consolidate(user_id, self.backend)

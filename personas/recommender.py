@@ -91,10 +91,19 @@ class PersonaRecommender:
             contributions = ps.contributions
         responsible = (np.argmax(contributions, axis=0) if len(pset.personas)
                        else np.full(len(self.catalog), -1, dtype=np.int64))
+        weights, user_cats = pset.weights(), self.user_categories(user_id)
+        if persona_focus and len(pset.personas):
+            # a focused request changes who the user is tonight: calibrated modes aim at the
+            # focused mix of personas and at their genres, not at the whole history's
+            weights = weights * mult
+            weights = weights / weights.sum() if weights.sum() > 0 else pset.weights()
+            cat = self.catalog.category_distribution()
+            per_persona = np.stack([cat[g].mean(axis=0) if len(g) else np.zeros(cat.shape[1]) for g in ps.groups])
+            user_cats = weights @ per_persona
         ctx = RankingContext(scores=scores, allowed=allowed, responsible=responsible,
-                             persona_weights=pset.weights(), contributions=contributions,
+                             persona_weights=weights, contributions=contributions,
                              category_dist=self.catalog.category_distribution(),
-                             user_categories=self.user_categories(user_id), extra=dict(extra or {}))
+                             user_categories=user_cats, extra=dict(extra or {}))
         return ctx, ps, pset
 
     # ---- the entry point ---------------------------------------------------------------

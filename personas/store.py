@@ -7,11 +7,13 @@ blobs beside the JSON, which keeps one user's load fast.
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,10 @@ class PersonaStore(ABC):
     @abstractmethod
     def users(self) -> list[str]:
         """Users with personas."""
+
+    @abstractmethod
+    def transaction(self):
+        """Context manager: every write inside is kept, or none is (an exception escaping undoes them)."""
 
     # ---- concrete conveniences ---------------------------------------------------------
     def put_many(self, sets: Iterable[PersonaSet], reason: str = "induction", feedback: dict | None = None) -> None:
@@ -120,6 +126,15 @@ class InMemoryPersonaStore(PersonaStore):
     def users(self) -> list[str]:
         return list(self._current)
 
+    @contextmanager
+    def transaction(self):
+        saved = (copy.deepcopy(self._current), copy.deepcopy(self._versions))
+        try:
+            yield self
+        except BaseException:
+            self._current, self._versions = saved
+            raise
+
 
 def _dump_set(pset: PersonaSet) -> tuple[str, list[tuple[str, bytes]]]:
     d = pset.model_dump(mode="json")
@@ -136,6 +151,7 @@ class SqlitePersonaStore(PersonaStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._in_txn = False
         self._con = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=FULL")
@@ -161,10 +177,29 @@ class SqlitePersonaStore(PersonaStore):
             p["embedding"] = np.frombuffer(blob, dtype=np.float32).tolist() if blob else []
         return PersonaSet.model_validate(d)
 
+    @contextmanager
+    def transaction(self):
+        with self._lock:
+            if self._in_txn:  # nested: the outermost block decides
+                yield self
+                return
+            self._con.execute("BEGIN IMMEDIATE")
+            self._in_txn = True
+            try:
+                yield self
+            except BaseException:
+                self._in_txn = False
+                self._con.execute("ROLLBACK")
+                raise
+            self._in_txn = False
+            self._con.execute("COMMIT")
+
     def _write(self, items):
         with self._lock:
             cur = self._con.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            own = not self._in_txn
+            if own:
+                cur.execute("BEGIN IMMEDIATE")
             try:
                 for pset, versions in items:
                     body, vecs = _dump_set(pset)
@@ -177,9 +212,11 @@ class SqlitePersonaStore(PersonaStore):
                                     [(pset.user_id, v.persona.persona_id, v.persona.version,
                                       v.model_dump_json(exclude={"persona": {"embedding"}}),
                                       np.asarray(v.persona.embedding, np.float32).tobytes()) for v in versions])
-                cur.execute("COMMIT")
+                if own:
+                    cur.execute("COMMIT")
             except BaseException:
-                cur.execute("ROLLBACK")
+                if own:
+                    cur.execute("ROLLBACK")
                 raise
 
     def versions(self, user_id: str, persona_id: str | None = None) -> list[PersonaVersion]:

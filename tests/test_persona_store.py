@@ -106,3 +106,19 @@ def test_persona_text_is_bounded():
         Persona(persona_id="p1", user_id="u", name="x" * 200, description="d", weight=1.0)
     with pytest.raises(ValueError):
         Persona(persona_id="p1", user_id="u", name="x", description="d" * 1000, weight=1.0)
+
+
+@pytest.mark.parametrize("make", [lambda p: InMemoryPersonaStore(), lambda p: SqlitePersonaStore(p / "t.sqlite")])
+def test_transaction_keeps_all_or_nothing(tmp_path, make):
+    store = make(tmp_path)
+    store.put(_set("a"))
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.put(_set("a", desc="changed inside"))
+            store.put(_set("b"))
+            raise RuntimeError("the other half failed")
+    assert store.get("a").get("p1").description == "likes space operas" and store.get("b") is None
+    assert len(store.versions("a")) == 2
+    with store.transaction():
+        store.put(_set("b"))
+    assert store.get("b") is not None

@@ -140,6 +140,9 @@ def build_graph(runtime: AgentRuntime, checkpointer=None):
         out = RecommendationList.model_validate(state["recommendation"])
         if runtime.config.explain and out.items and not out.cold_start:
             meta = runtime.language.explain_list(out)
+            out.meta["explain_recommendations"] = meta
+            if meta.get("llm_error"):
+                out.meta["llm_error"] = out.meta.get("llm_error") or meta["llm_error"]
             return {"recommendation": out.model_dump(mode="json"),
                     "meta": {**(state.get("meta") or {}), "explain": meta}}
         return {}

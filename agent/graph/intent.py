@@ -39,7 +39,7 @@ _PERSONAS_RE = re.compile(r"\b(show|list|see|what are|tell me)\b.*\b(personas?|t
                           r"^\s*(my\s+)?personas?\s*\??$", re.I)
 _WHY_RE = re.compile(r"^\s*why\b|\bwhy\s+(the|that|this|did|is|was|number|#|item|recommend)|\bexplain\b|"
                      r"\bhow come\b", re.I)
-_NEG_RE = re.compile(r"\b(not\s+(that|this|it|for me|my thing|interested)|no thanks|nope|don'?t\s+(like|want|"
+_NEG_RE = re.compile(r"\b(not\s+(that|this|it|the|for me|my thing|interested)|no thanks|nope|don'?t\s+(like|want|"
                      r"enjoy|care)|dislike[sd]?|hated?|too\s+\w+|boring|awful|terrible|seen it|already seen|"
                      r"meh|skip)\b", re.I)
 _POS_RE = re.compile(r"\b(loved?|enjoyed|great|perfect|awesome|amazing|brilliant|fantastic|"
