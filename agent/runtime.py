@@ -230,6 +230,9 @@ class AgentRuntime:
         final = updated.model_copy(update={"personas": [result.after if p.persona_id == pid else p
                                                         for p in updated.personas]})
         summary = result.summary()
+        # the refiner saw the numerically updated persona: report changes against the stored one
+        summary["weight"] = {"before": before.weight, "after": final.get(pid).weight}
+        summary["evidence_added"] = [e for e in final.get(pid).evidence if e not in before.evidence]
         fb = {"item_id": item_id, "title": item.title, "reaction": r, "text": text, "thread_id": thread_id}
         pending.personas = {"set": final.model_dump(mode="json"), "reason": "refinement",
                             "feedback": {**fb, "loss": result.loss, "guard": result.guard}}

@@ -1,0 +1,56 @@
+"""A runnable tour of Plural's Python agent API (templates only: no model needed, ~1 minute
+the first time while the MovieLens-100K data directory is built, seconds afterwards).
+
+    python docs/examples/agent_api.py            # add --llm transformers for the packaged SmolLM2
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from agent.api import PluralAgent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--llm", default="none", help="none, transformers, openai or vllm")
+    ap.add_argument("--user", default="1")
+    args = ap.parse_args()
+
+    agent = PluralAgent.from_dataset("ml-100k", llm=args.llm, progress=True)
+    user = args.user
+
+    print("Personas:")
+    for p in agent.personas(user):
+        print(f"  {p.persona_id} {p.name} ({p.weight:.0%}, v{p.version}): {p.description}")
+
+    recs = agent.recommend(user, k=5, query="a funny animated film")
+    print("\nRecommendations for 'a funny animated film':")
+    for r in recs.items:
+        print(f"  {r.rank}. {r.title} <- {r.persona.name} ({r.attention[r.persona.id]:.0%}); "
+              f"evidence: {', '.join(e.title for e in r.evidence)}")
+    print("  provenance:", recs.provenance)
+
+    first = recs.items[0]
+    why = agent.explain(user, first.item_id)
+    print(f"\nWhy {why.title}? {why.explanation}")
+
+    change = agent.feedback(user, first.item_id, "dislike", text="too childish for me")
+    ref = change.refinement or {}
+    print(f"\nFeedback on {change.title}: persona {change.persona_id} weight "
+          f"{ref.get('weight', {}).get('before')} -> {ref.get('weight', {}).get('after')}; "
+          f"drift guard {ref.get('guard')}")
+
+    reply = agent.chat(user, "something light and funny tonight")
+    print(f"\nChat (thread {reply.thread_id}):\n{reply.response}")
+    reply = agent.chat(user, "why the second one?", thread_id=reply.thread_id)
+    print(f"\n{reply.response}")
+
+    print("\nLatest memory events:")
+    for ev in agent.history(user, 5):
+        print(f"  [{ev.kind}] {ev.text[:100]}")
+    agent.close()
+
+
+if __name__ == "__main__":
+    main()
