@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Sequence
@@ -90,7 +91,8 @@ class VLLMBackend(LLMBackend):
         }
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
-        if hasattr(vllm.sampling_params, "StructuredOutputsParams"):
+        # vllm's package __getattr__ hides submodules that were not imported yet
+        if hasattr(importlib.import_module("vllm.sampling_params"), "StructuredOutputsParams"):
             # Compact JSON is an engine setting in vLLM 0.26 (the per-request flag is not read): on a
             # GPU check with a weak (random-weight) model, the default let every answer run out of
             # tokens in whitespace after "{"; xgrammar is the backend that supports turning it off.
@@ -103,7 +105,7 @@ class VLLMBackend(LLMBackend):
 
     def _structured_outputs_api(self) -> tuple[str, Any]:
         """(SamplingParams keyword, params class) for JSON-schema decoding in this vLLM version."""
-        sp = self._vllm.sampling_params
+        sp = importlib.import_module("vllm.sampling_params")
         if hasattr(sp, "StructuredOutputsParams"):  # vLLM >= 0.11
             return "structured_outputs", sp.StructuredOutputsParams
         if hasattr(sp, "GuidedDecodingParams"):  # older releases
