@@ -29,15 +29,6 @@ NOW = 1_700_000_000.0
 DAY = 86_400.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread_faiss():
-    # OpenMP start-up dominates FAISS on tiny data; see tests/test_vector_index.py
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture(params=["in_memory", "faiss"])

@@ -29,15 +29,6 @@ NASTY = [  # namespace parts that look like SQL or LIKE injections, or path tric
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread_faiss():
-    # OpenMP start-up dominates FAISS on tiny data; see tests/test_vector_index.py
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 @pytest.fixture

@@ -11,16 +11,6 @@ from memory.vector_index import ExactVectorIndex, FaissVectorIndex, VectorIndex,
 DIM = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread_faiss():
-    # FAISS's OpenMP start-up dominates on tiny data (k-means on 200 points: ~0.3 s on 2 cores
-    # versus 0.2 ms on one thread); the tests use tiny data, so run them on one thread
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
