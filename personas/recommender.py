@@ -71,6 +71,8 @@ class PersonaRecommender:
         ps, pset = self.persona_scores(user_id)
         allowed = np.ones(len(self.catalog), dtype=bool)
         allowed[self.history.seen(user_id)] = False
+        for g in ps.groups:  # items liked since the data was loaded live in persona evidence
+            allowed[g] = False
         if exclude_items:
             allowed[self.catalog.indices(exclude_items)] = False
         if categories:
