@@ -51,10 +51,10 @@ MAX_EXPLANATION_CHARS = 200
 MAX_PROMPT_TITLES = 12
 
 DEFAULT_SAMPLING = {
-    "describe_personas": SamplingConfig(max_tokens=128, frequency_penalty=0.5),
+    "describe_personas": SamplingConfig(max_tokens=96, frequency_penalty=0.5),
     "route_request": SamplingConfig(max_tokens=32),
     "select_personas": SamplingConfig(max_tokens=32),
-    "explain_recommendations": SamplingConfig(max_tokens=112, frequency_penalty=0.5),
+    "explain_recommendations": SamplingConfig(max_tokens=96, frequency_penalty=0.5),
 }
 """Greedy decoding and a token budget per task (explanations: per item in a request). Prose
 tasks get a frequency penalty: small models otherwise loop ("a hero and a villain, and a hero...")."""
