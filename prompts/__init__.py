@@ -86,6 +86,15 @@ class Prompt:
     example_titles: tuple[str, ...] = ()
     """Titles used only in the prompt's worked example: an answer that mentions one copied the example."""
 
+    def example_answers(self) -> list[str]:
+        """The worked-example answers written into the template (its static assistant turns).
+
+        An answer that repeats their wording copied the example instead of answering.
+        """
+        source = (PROMPT_DIR / f"{self.name}.j2").read_text(encoding="utf-8")
+        turns = _split_turns(self.name, source)
+        return [t["content"] for t in turns if t["role"] == "assistant" and "{{" not in t["content"]]
+
     @property
     def version(self) -> str:
         """``name@hash12``, short enough for logs."""

@@ -148,6 +148,8 @@ def test_catalog_titles_extend_the_hallucination_check():
          "length"),
         (explain_json(["Alien (1979)"], "A hero and a villain, and a hero and a villain, like Alien."), "repetitive"),
         (explain_json(["Alien (1979)"], "A tense space thriller that suits your taste for dread."), "ungrounded"),
+        (explain_json(["Alien (1979)"], "Since you enjoyed Alien, this classic standoff between a sheriff and "
+                                        "outlaws suits you."), "copied_example"),
     ],
 )
 def test_each_invalid_answer_has_its_reason(answer, reason):

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -291,6 +292,62 @@ def _names_category(text: str, categories: Mapping[str, float]) -> bool:
     return False
 
 
+def _example_answers(prompt) -> list[str]:
+    """Every string in the prompt's worked-example answers (its assistant turns)."""
+    out: list[str] = []
+
+    def walk(v):
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    for answer in prompt.example_answers():
+        try:
+            walk(json.loads(answer))
+        except ValueError:
+            out.append(answer)
+    return out
+
+
+def _copied_from(text: str, sources: Sequence[str], n: int = 5) -> str | None:
+    """A run of ``n`` words that ``text`` shares with one of ``sources`` (a small model's habit of
+    copying the worked example), or None."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    grams = {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+    for src in sources:
+        w = re.findall(r"[a-z0-9']+", src.lower())
+        for i in range(len(w) - n + 1):
+            g = " ".join(w[i:i + n])
+            if g in grams:
+                return g
+    return None
+
+
+def _regex_escape(text: str) -> str:
+    """Escape for a JSON-schema (ECMA) regex."""
+    return re.sub(r"([\\^$.|?*+()\[\]{}/])", r"\\\1", text)
+
+
+def _grounded_opening(titles: Sequence[str]) -> str:
+    """A pattern for an explanation that opens by naming one of ``titles`` (the year optional).
+
+    Constrained decoders (xgrammar, vLLM) then cannot produce an explanation that rests on
+    nothing; bounded repeats (``{m,n}``) are avoided because xgrammar 0.2 rejects them here.
+    """
+    alts = []
+    for t in dict.fromkeys(titles):
+        m = _YEAR.search(t)
+        base = _YEAR.sub("", t).strip()
+        alts.append(_regex_escape(base) + (f"( {_regex_escape(m.group(0).strip())})?" if m else ""))
+    return (r"^(Because you (liked|enjoyed|loved)|Since you (liked|enjoyed|loved)|If you (liked|enjoyed|loved)) ("
+            + "|".join(alts) + r")[,;]? [A-Za-z0-9 ,.;:!?&'()-]+$")
+
+
 def _top_categories(categories: Mapping[str, float], k: int) -> list[str]:
     return [c for c, _ in sorted(categories.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
 
@@ -444,6 +501,7 @@ def describe_personas(
             "max_description_chars": max_description_chars,
         }
         schema = copy.deepcopy(prompt.output_schema)
+        # (an opening forced on a genre was tried: SmolLM2 then stopped after two words, 0/7 valid)
         schema["properties"]["description"]["maxLength"] = max_description_chars
         jobs.append(Job(variables=variables, schema=schema, check=check))
     counter = FallbackCounter()
@@ -778,6 +836,7 @@ def explain_recommendations(
         )
     )
     groups = [recs[i : i + items_per_request] for i in range(0, len(recs), items_per_request)]
+    example_texts = _example_answers(prompt)
     base = prompt.output_schema
     entry = base["properties"]["explanations"]["items"]
     jobs, job_of_group = [], []
@@ -797,7 +856,9 @@ def explain_recommendations(
                 "enum": list(dict.fromkeys(r.evidence_titles)),
             }
             e["properties"]["cited_titles"]["maxItems"] = min(3, len(set(r.evidence_titles)))
-            e["properties"]["explanation"]["maxLength"] = max_chars
+            # grounded by construction: the sentence opens on one of its own evidence titles
+            e["properties"]["explanation"]["pattern"] = _grounded_opening(r.evidence_titles[:MAX_PROMPT_TITLES])
+            e["properties"]["explanation"].pop("maxLength", None)  # length is checked after decoding
             prefix.append(e)
         arr = schema["properties"]["explanations"]
         arr.pop("items", None)
@@ -823,9 +884,14 @@ def explain_recommendations(
                     )
                 if len(text) > max_chars:
                     raise Rejected("length", f"item {k}: {len(text)} characters; at most {max_chars}")
-                if not _mentions(text, ex.cited_titles):
+                copied = _copied_from(text, example_texts)
+                if copied:
+                    raise Rejected("copied_example", f"item {k} copies the prompt's example ({copied!r})")
+                named = _mentions(text, r.evidence_titles)
+                if not named:
                     # grounding: the sentence itself must name what it rests on
-                    raise Rejected("ungrounded", f"item {k}'s explanation names none of its cited titles")
+                    raise Rejected("ungrounded", f"item {k}'s explanation names none of its evidence titles")
+                ex.cited_titles = [*ex.cited_titles, *named]  # what the text names is cited too
                 foreign = _foreign_titles(text, [r.title, *r.evidence_titles], known)
                 if foreign:
                     raise Rejected(
