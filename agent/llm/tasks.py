@@ -858,7 +858,8 @@ def explain_recommendations(
             e["properties"]["cited_titles"]["maxItems"] = min(3, len(set(r.evidence_titles)))
             # grounded by construction: the sentence opens on one of its own evidence titles
             e["properties"]["explanation"]["pattern"] = _grounded_opening(r.evidence_titles[:MAX_PROMPT_TITLES])
-            e["properties"]["explanation"].pop("maxLength", None)  # length is checked after decoding
+            for bound in ("minLength", "maxLength"):  # xgrammar ignores them beside a pattern; checked after
+                e["properties"]["explanation"].pop(bound, None)
             prefix.append(e)
         arr = schema["properties"]["explanations"]
         arr.pop("items", None)
