@@ -403,6 +403,107 @@ def eval_personas(
     _console().print(f"wrote {folder / 'personas.json'}, {folder / 'personas.md'}")
 
 
+@eval_app.command("refine")
+def eval_refine(
+    users: Annotated[int, typer.Option("--users", help="Held-out users to evaluate (seeded sample).")] = 50,
+    user: Annotated[Optional[list[str]], typer.Option("--user", "-u", help="Evaluate this user (repeatable) instead of a sample.")] = None,
+    reveal: Annotated[int, typer.Option("--reveal", help="Held-out positives revealed as likes per user.")] = 3,
+    reveal_negatives: Annotated[int, typer.Option("--reveal-negatives", help="Negatives revealed as dislikes per user.")] = 2,
+    eval_items: Annotated[int, typer.Option("--eval-items", help="Reaction prediction: at most N remaining positives and N negatives per user.")] = 10,
+    mode: Annotated[Optional[list[str]], typer.Option("--mode", help="Ranking mode measured (repeatable; default relevance and persona_calibrated).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the users and the revealed items.")] = 0,
+    llm: Annotated[str, typer.Option("--llm", help="LLM backend for the textual gradient: none (templates, fast), transformers, vllm or openai.")] = "none",
+    model: ModelOpt = None, base_url: BaseUrlOpt = None,
+    embedder: Annotated[str, typer.Option("--embedder", help="Text embedder (all-MiniLM-L6-v2, or hash for a quick run).")] = "all-MiniLM-L6-v2",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default runs/refine-<dataset>).")] = None,
+    dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
+    items: ItemsOpt = None, columns: ColumnsOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Test-time refinement: reveal feedback on a few held-out items, refine the personas, and compare
+    ranking quality and reaction prediction on the remaining items before and after."""
+    from evals.refine_eval import RefineEvalConfig, run_refine_eval, write_refine_reports
+
+    options = {"users": users, "reveal": reveal, "reveal_negatives": reveal_negatives, "eval_items": eval_items,
+               "seed": seed}
+    if user:
+        options["user_ids"] = list(user)
+    if mode:
+        options["modes"] = list(mode)
+    cfg = RefineEvalConfig.from_options(**options)
+    backend = _backend(llm, model, base_url) if llm != "none" else None  # unknown names fail before any work
+    engine_config = _config(config).model_copy(update={"embedder": embedder})
+    ds = _source(dataset, data, train, test, items, columns).load()
+    with _RichProgress(sys.stderr.isatty()) as bar:
+        doc = run_refine_eval(ds, cfg, engine_config, backend, progress=bar.task)
+    paths = write_refine_reports(doc, out or Path("runs") / f"refine-{ds.name}")
+    con = _console()
+    for name, m in doc["metrics"].items():
+        con.print(f"{name}: {m['before']} -> {m['after']} (after - before {m['difference']}, 95% CI {m['ci95']})")
+    g = doc["guard"]
+    con.print(f"drift guard: {g['accepted']} rewrites accepted, {g['rejected']} rejected, {g['aligned']} not needed, "
+              f"{g['no_valid_rewrite']} without a valid rewrite; LLM fallback rate {doc['fallbacks']['fallback_rate']:.0%}")
+    con.print(f"{doc['timings_s']['total']:.1f} s; wrote " + ", ".join(paths.values()))
+
+
+@eval_app.command("consistency")
+def eval_consistency(
+    users: Annotated[int, typer.Option("--users", help="Users to sample (seeded).")] = 3,
+    user: Annotated[Optional[list[str]], typer.Option("--user", "-u", help="Evaluate this user (repeatable) instead of a sample.")] = None,
+    max_personas: Annotated[Optional[int], typer.Option("--max-personas", help="At most N personas per user (heaviest first).")] = None,
+    turns: Annotated[int, typer.Option("--turns", help="Interview questions per persona (2-6).")] = 5,
+    questions: Annotated[int, typer.Option("--questions", help="Multiple-choice questions per persona.")] = 4,
+    qa_at_end: Annotated[bool, typer.Option("--qa-at-end", help="Take the Q&A test after the last turn only (faster).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the user sample and the probe titles.")] = 0,
+    llm: Annotated[str, typer.Option("--llm", help="Speaker LLM: transformers (packaged SmolLM2), vllm, openai, or none (smoke mode).")] = "transformers",
+    model: ModelOpt = None, base_url: BaseUrlOpt = None,
+    judge_llm: Annotated[Optional[str], typer.Option("--judge-llm", help="Judge LLM backend (default: the speaker's).")] = None,
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Judge model (default: the speaker's).")] = None,
+    judge_base_url: Annotated[Optional[str], typer.Option("--judge-base-url", help="Judge server URL (default: the speaker's).")] = None,
+    embedder: Annotated[str, typer.Option("--embedder", help="Text embedder of a fresh build (all-MiniLM-L6-v2, or hash).")] = "all-MiniLM-L6-v2",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default runs/consistency-<dataset>).")] = None,
+    dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
+    items: ItemsOpt = None, columns: ColumnsOpt = None, config: ConfigOpt = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Evaluate the personas of this data directory as they are now (default: a fresh build, so runs are reproducible).")] = None,
+) -> None:
+    """Persona consistency (arXiv 2511.00222): prompt-to-line, line-to-line and Q&A over simulated
+    interviews in which the agent speaks as each persona, scored by an LLM judge."""
+    from evals.consistency import (
+        ConsistencyConfig,
+        evaluation_engine,
+        run_consistency_eval,
+        write_consistency_reports,
+    )
+
+    options = {"users": users, "max_personas": max_personas, "turns": turns, "questions": questions,
+               "qa_every_turn": not qa_at_end, "seed": seed}
+    if user:
+        options["user_ids"] = list(user)
+    cfg = ConsistencyConfig.from_options(**options)
+    speaker = _backend(llm, model, base_url) if llm != "none" else None
+    if judge_llm is None and judge_model is None and judge_base_url is None:
+        judge = speaker  # one model plays both roles unless told otherwise
+    else:
+        name = judge_llm or llm
+        judge = _backend(name, judge_model or model, judge_base_url or base_url) if name != "none" else None
+    source = _source(dataset, data, train, test, items, columns)
+    engine_config = _config(config).model_copy(update={"embedder": embedder})
+    with evaluation_engine(source, engine_config, data_dir, progress=sys.stderr.isatty()) as engine, \
+            _RichProgress(sys.stderr.isatty()) as bar:
+        doc = run_consistency_eval(engine, cfg, speaker, judge, progress=bar.task)
+    paths = write_consistency_reports(doc, out or Path("runs") / f"consistency-{doc['dataset']}")
+    con = _console()
+    if doc["mode"] != "measurement":
+        con.print(f"[bold yellow]{doc['mode']} mode[/]: deterministic fallbacks stand in for the LLM; not a measurement.")
+    for name, m in doc["metrics"].items():
+        con.print(f"{name:>15}: {m['mean']}  95% CI {m['ci95']}  ({m['n']} personas)")
+    js = doc["judge_sensitivity"]
+    con.print("planted contradictions caught (judge model / fallback): " + ", ".join(
+        f"{k} {js[k]['llm']['caught']}/{js[k]['llm']['of']} / {js[k]['fallback']['caught']}/{js[k]['fallback']['of']}"
+        for k in ("prompt_to_line", "line_to_line")))
+    con.print(f"LLM fallback rate {doc['fallbacks']['total']['fallback_rate']:.0%}; {doc['timings_s']['total']:.1f} s; "
+              f"wrote " + ", ".join(paths.values()))
+
+
 class _RichProgress:
     """A progress bar per stage on a terminal; silent otherwise."""
 
@@ -453,8 +554,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args = list(sys.argv[1:] if argv is None else argv)
-        app(args=_expand_list_options(args), standalone_mode=False, prog_name="plural")
-        return 0
+        rv = app(args=_expand_list_options(args), standalone_mode=False, prog_name="plural")
+        return rv if isinstance(rv, int) else 0  # click returns typer.Exit's code here
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:

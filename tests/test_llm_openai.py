@@ -103,8 +103,15 @@ def test_bad_settings_are_rejected():
 
 
 # -- a real server --------------------------------------------------------------------------
+def _transformers_cli() -> str | None:
+    """The `transformers` console script of this interpreter's environment (CI runs
+    `.venv/bin/python -m pytest` without the venv on PATH), else the one on PATH."""
+    beside = Path(sys.executable).parent / "transformers"
+    return str(beside) if beside.is_file() else shutil.which("transformers")
+
+
 def _serve_available() -> str | None:
-    if shutil.which("transformers") is None:
+    if _transformers_cli() is None:
         return "the `transformers` CLI is not installed"
     for mod in ("fastapi", "uvicorn"):
         if importlib.util.find_spec(mod) is None:
@@ -130,7 +137,7 @@ def served_model():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"plural-serve-{port}.log"
     cmd = [
-        shutil.which("transformers"),
+        _transformers_cli(),
         "serve",
         folder,
         "--host",

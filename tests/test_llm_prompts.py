@@ -26,6 +26,7 @@ REQUIRED = {
 
 PERSONA = {"label": "Noir (p1)", "description": "Dark crime films."}
 SAMPLE_VARS = {
+    "understand_message": {"message": "not that one, too violent", "list_length": 5},
     "describe_persona": {
         "titles": ["Heat (1995)"],
         "categories": {"Crime": 100},
@@ -70,9 +71,26 @@ SAMPLE_VARS = {
     },
     "judge_consistency": {
         "mode": "line_to_line",
-        "persona": "Noir fan",
-        "earlier_lines": ["I love crime films."],
+        "persona": {"name": "Noir", "description": "Dark crime."},
+        "earlier_lines": [{"question": "What do you enjoy?", "line": "I love crime films."}],
+        "question": "Would you watch Heat (1995)?",
         "line": "I hate crime.",
+    },
+    "speak_as_persona": {
+        "persona": {"name": "Noir", "description": "Dark crime."},
+        "conversation": [{"question": "What do you enjoy?", "line": "Crime films."}],
+        "question": "Would you watch Heat (1995)?",
+        "max_chars": 200,
+    },
+    "write_persona_questions": {
+        "persona": {"name": "Noir", "description": "Dark crime."},
+        "n_questions": 3,
+        "n_options": 4,
+    },
+    "answer_persona_questions": {
+        "persona": {"name": "Noir", "description": "Dark crime."},
+        "conversation": [{"question": "What do you enjoy?", "line": "Crime films."}],
+        "questions": [{"question": "Which genre do you like?", "options": ["Crime", "Musical"]}],
     },
     "retry_invalid_output": {"error": "not JSON"},
 }
