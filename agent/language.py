@@ -38,7 +38,6 @@ from agent.llm.base import LLMBackend
 from agent.llm.tasks import (CandidateInput, PersonaInput, RecommendationInput, combine_selection,
                              describe_personas, explain_recommendations, route_request, select_personas)
 from agent.llm.validated import FallbackCounter
-from personas.attention import PersonaScores
 from personas.model import PersonaSet
 from personas.recommendation import EvidenceItem, PersonaRef, RecommendationList
 

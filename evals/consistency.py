@@ -67,7 +67,6 @@ from agent.llm.tasks import _check_prose, _mentions, _names_category, _title_key
 from agent.llm.validated import FallbackCounter, Job, Rejected, run_validated
 from evals.stats import bootstrap_ci
 from memory.errors import UnknownUserError, UsageError
-from memory.persistence import atomic_write_text
 from personas.model import Persona
 from prompts import load_prompt
 
@@ -896,9 +895,6 @@ def markdown_consistency_report(doc: dict) -> str:
 
 def write_consistency_reports(doc: dict, out_dir: str | Path) -> dict[str, str]:
     """Write ``results.json`` and ``results.md``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "markdown": out / "results.md"}
-    atomic_write_text(paths["json"], json.dumps(doc, indent=2))
-    atomic_write_text(paths["markdown"], markdown_consistency_report(doc))
-    return {k: str(v) for k, v in paths.items()}
+    from evals.report import write_json_and_markdown
+
+    return {k: str(v) for k, v in write_json_and_markdown(doc, out_dir, markdown_consistency_report(doc)).items()}

@@ -53,7 +53,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 import zlib
@@ -71,7 +70,6 @@ from evals.splits import Split, SplitConfig, split_dataset
 from evals.stats import paired_comparison
 from memory.dataset import Dataset
 from memory.errors import DataFormatError, PluralError, UnknownUserError, UsageError
-from memory.persistence import atomic_write_text
 from personas.model import PersonaSet
 
 SCHEMA_VERSION = 1
@@ -553,9 +551,6 @@ def markdown_refine_report(doc: dict) -> str:
 
 def write_refine_reports(doc: dict, out_dir: str | Path) -> dict[str, str]:
     """Write ``results.json`` and ``results.md``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "results.json", "markdown": out / "results.md"}
-    atomic_write_text(paths["json"], json.dumps(doc, indent=2))
-    atomic_write_text(paths["markdown"], markdown_refine_report(doc))
-    return {k: str(v) for k, v in paths.items()}
+    from evals.report import write_json_and_markdown
+
+    return {k: str(v) for k, v in write_json_and_markdown(doc, out_dir, markdown_refine_report(doc)).items()}

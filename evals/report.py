@@ -204,13 +204,21 @@ def minority_plot(doc: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(doc: dict, out_dir: str | Path) -> dict[str, str]:
-    """Write ``results.json``, ``results.md`` and the plots; returns their paths."""
+def write_json_and_markdown(doc: dict, out_dir: str | Path, markdown: str) -> dict[str, Path]:
+    """Write ``results.json`` (the document) and ``results.md`` (``markdown``) into ``out_dir``,
+    each atomically; returns their paths. Every ``plural eval`` command writes its outputs so."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md"}
     atomic_write_text(paths["json"], json.dumps(doc, indent=2, sort_keys=False))
-    atomic_write_text(paths["markdown"], markdown_report(doc))
+    atomic_write_text(paths["markdown"], markdown)
+    return paths
+
+
+def write_reports(doc: dict, out_dir: str | Path) -> dict[str, str]:
+    """Write ``results.json``, ``results.md`` and the plots; returns their paths."""
+    out = Path(out_dir)
+    paths = write_json_and_markdown(doc, out, markdown_report(doc))
     try:
         paths["tradeoff_png"] = out / "tradeoff.png"
         tradeoff_plot(doc, paths["tradeoff_png"])

@@ -15,6 +15,7 @@ import importlib.util
 import io
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +24,9 @@ from memory.catalog import Catalog, Item
 from memory.dataset import Dataset
 from memory.errors import DataFormatError, UsageError
 from memory.interactions import InteractionLog
+
+if TYPE_CHECKING:  # pandas is imported where a file is read
+    import pandas as pd
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",

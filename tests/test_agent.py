@@ -52,7 +52,6 @@ def make_llm(rewrite_text: str | None = None, route_last: bool = True):
         if "persona" in props:
             return json.dumps({"persona": props["persona"]["enum"][0]})
         if "facts" in props:
-            n = user.count("\n")
             return json.dumps({"facts": [{"text": "Enjoys stories set among the stars.", "sources": [1]}]})
         if "reaction" in props:
             return json.dumps({"reaction": "accept", "rating": 4, "reason": "sounds good"})

@@ -10,7 +10,7 @@ import pytest
 from agent.cli import main
 from evals.harness import EvalConfig, RecEvaluation
 from evals.report import write_reports
-from memory.errors import DataFormatError, UnknownItemError, UsageError
+from memory.errors import DataFormatError, UsageError
 
 QUICK = dict(embedder="hash:64", bootstrap=100, ease_l2_grid=[50.0, 200.0], itemknn_k_grid=[50],
              steck_lambdas=[0.1, 0.3], joint_lambdas=[0.2, 0.3], joint_mus=[0.0, 0.05], joint_betas=[0.04],
