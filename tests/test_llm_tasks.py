@@ -150,6 +150,12 @@ def test_catalog_titles_extend_the_hallucination_check():
         (explain_json(["Alien (1979)"], "A tense space thriller that suits your taste for dread."), "ungrounded"),
         (explain_json(["Alien (1979)"], "Since you enjoyed Alien, this classic standoff between a sheriff and "
                                         "outlaws suits you."), "copied_example"),
+        (explain_json(["Alien (1979)"], "Since you enjoyed Alien, this classic thriller is a favorite of yours."),
+         "false_claim"),
+        (explain_json(["Alien (1979)"], "Since you enjoyed Alien, Space Horror (1994) will grip you too."),
+         "invented_title"),
+        (explain_json(["Alien (1979)"], "Since you enjoyed Alien, this is both gripping and gripping."),
+         "repetitive"),
     ],
 )
 def test_each_invalid_answer_has_its_reason(answer, reason):
@@ -390,6 +396,10 @@ def test_llm_persona_writer_falls_back_to_the_induction_template():
     ('{"name": "Deep Space", "description": "Sci-Fi: 30, Horror: 12, and more of the same kind."}', "meta_text"),
     ('{"name": "Deep Space", "description": "Science fiction and science fiction and science fiction again."}',
      "repetitive"),
+    ('{"name": "Deep Space", "description": "Sci-Fi (1994) is a classic, tense and dark, like the best."}',
+     "invented_title"),
+    ('{"name": "Deep Space", "description": "Sci-Fi that is both entertaining and entertaining to watch."}',
+     "repetitive"),
 ])
 def test_persona_descriptions_must_be_grounded_prose(answer, reason):
     p = PersonaInput(persona_id="p1", name="Sci-Fi", description="Sci-Fi titles.",
@@ -401,6 +411,6 @@ def test_persona_descriptions_must_be_grounded_prose(answer, reason):
 def test_grounded_persona_description_is_accepted():
     p = PersonaInput(persona_id="p1", name="Sci-Fi", description="Sci-Fi titles.",
                      evidence_titles=["Alien (1979)", "Aliens (1986)"], categories={"Sci-Fi": 0.8, "Horror": 0.2})
-    ok = '{"name": "Deep Space Dread", "description": "Claustrophobic science fiction horror, like Alien."}'
+    ok = '{"name": "Deep Space Dread", "description": "Claustrophobic science fiction horror, like Alien (1979)."}'
     res = describe_personas(ScriptedLLM([ok]), [p])
     assert res.items[0].source == "llm" and res.items[0].name == "Deep Space Dread"

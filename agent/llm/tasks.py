@@ -381,6 +381,10 @@ def _persona_id(answer: str, by_label: Mapping[str, str]) -> str:
     raise Rejected("unknown_persona", f"{answer!r} is not one of the personas {list(by_label)}")
 
 
+_IDIOM_ECHOES = frozenset({"again", "more", "over", "on", "round", "through", "back", "out", "up", "down", "by",
+                           "time", "better", "worse", "less", "bigger", "stranger", "darker", "funnier"})
+
+
 def _repetitive(text: str) -> str | None:
     """Why ``text`` reads as a degenerate loop (a small model's usual failure), or None.
 
@@ -396,7 +400,34 @@ def _repetitive(text: str) -> str | None:
         seen.add(g)
     if len(words) >= 12 and len(set(words)) < 0.5 * len(words):
         return "repeats its words"
+    for echo in re.finditer(r"\b([a-z][a-z']+(?: [a-z][a-z']+)?) (?:and|or) \1\b", " ".join(words)):
+        if echo.group(1) not in _IDIOM_ECHOES:  # "both entertaining and entertaining"
+            return f"joins {echo.group(1)!r} to itself"
     return None
+
+
+_YEAR = re.compile(r"\((1[89]\d\d|20\d\d)\)")
+
+
+def _unanchored_year(text: str, titles: Sequence[str]) -> str | None:
+    """A "(1994)" that follows none of ``titles``: the model made up a film ("Drama (1994)")."""
+    low = text.lower()
+    keys = [k for t in titles for k in _title_keys(t) if len(k) >= 3]
+    for m in _YEAR.finditer(low):
+        before = low[: m.start()].rstrip()
+        if not any(before.endswith(k) for k in keys):
+            words = before.split()[-3:]
+            return f"{' '.join(words)} ({m.group(1)})".strip()
+    return None
+
+
+# Claims that the user already knows or loves the item being recommended: untrue by construction
+# (recommended items are ones the user has not rated), a small model's favourite flourish.
+_FALSE_FAMILIARITY = re.compile(
+    r"\b(?:(?:is|was|are) (?:a |an |one of )?(?:your |the )?(?:all[- ]time )?favou?rites?"
+    r"|favou?rites? of yours|you(?:'ve| have)? (?:already )?(?:seen|watched) (?:it|this)"
+    r"|you (?:loved|liked|enjoyed) (?:it|this (?:one|film|movie|title)))\b"
+)
 
 
 def _check_prose(text: str, what: str, min_words: int) -> None:
@@ -474,6 +505,9 @@ def describe_personas(
                     "length", f"the description has {len(desc)} characters; at most {max_description_chars}"
                 )
             _check_prose(desc, "description", 5)
+            made_up = _unanchored_year(name + " " + desc, p.evidence_titles)
+            if made_up:
+                raise Rejected("invented_title", f"names {made_up!r}, a film not among this taste's titles")
             if name.lower() in {o.lower() for o in others}:
                 raise Rejected(
                     "duplicate_name", f"the name {name!r} is already used by another taste of this user"
@@ -878,6 +912,13 @@ def explain_recommendations(
                     )
                 text = _clean(ex.explanation)
                 _check_prose(text, f"explanation of item {k}", 6)
+                claim = _FALSE_FAMILIARITY.search(text.lower())
+                if claim:
+                    raise Rejected("false_claim", f"item {k} says {claim.group(0)!r} of a title the user has "
+                                                  "not seen yet")
+                made_up = _unanchored_year(text, [r.title, *r.evidence_titles])
+                if made_up:
+                    raise Rejected("invented_title", f"item {k} names {made_up!r}, a film not in its evidence")
                 desc = _clean(r.persona_description).lower()
                 if len(desc) >= 30 and desc in text.lower():
                     raise Rejected(
