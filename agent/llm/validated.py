@@ -204,6 +204,19 @@ def _judge(
         return None, e.reason, e.message
 
 
+RETRY_TEMPERATURE = 0.7
+"""Temperature of the one retry when the first answer was greedy: a greedy retry of a small model
+mostly writes the rejected answer again."""
+
+
+def retry_sampling(sampling: SamplingConfig) -> SamplingConfig:
+    """The retry's sampling: the task's own, sampled (seeded, so reruns agree) when it was greedy."""
+    if sampling.temperature > 0:
+        return sampling
+    return sampling.model_copy(update={"temperature": RETRY_TEMPERATURE, "top_p": 0.95,
+                                       "seed": 0 if sampling.seed is None else sampling.seed})
+
+
 def run_validated(
     backend: LLMBackend | None,
     prompt: Prompt,
@@ -257,7 +270,7 @@ def run_validated(
                 ChatMessage.model_validate(m) for m in retry_prompt.render(error=outcomes[i].message or "")
             ]
             msgs = messages[i] + [ChatMessage(role="assistant", content=comps[i].text[:2000])] + follow
-            reqs2.append(reqs[i].model_copy(update={"messages": msgs}))
+            reqs2.append(reqs[i].model_copy(update={"messages": msgs, "sampling": retry_sampling(sampling)}))
         comps2, err2 = _safe_generate(backend, reqs2)
         for k, i in enumerate(retry):
             o = outcomes[i]
