@@ -125,6 +125,8 @@ def _backend(llm: str | None, model: str | None, base_url: str | None):
 
 
 def _print_llm_summary(out) -> None:
+    from rich.text import Text
+
     meta = out.meta
     fb = meta.get("fallbacks", {})
     line = (f"LLM {meta.get('llm', {}).get('backend')} ({meta.get('llm', {}).get('model')}): "
@@ -140,18 +142,20 @@ def _print_llm_summary(out) -> None:
         line += f"; LLM vs attention disagreement {sel['disagreement_rate']:.0%}"
     if meta.get("llm_error"):
         line += f"; LLM error: {meta['llm_error']}"
-    _console(stderr=True).print(line)
+    _console(stderr=True).print(Text(line))
 
 
 def _print_recommendations(engine, out, explain: bool = False) -> None:
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     con = _console()
     pset = engine.persona_store.get(out.user_id)
     if out.cold_start:
         con.print(f"[bold]User {out.user_id}[/] has no liked items yet: popular titles instead (cold start).")
     elif pset:
-        tastes = ", ".join(f"{p.persona_id} [bold]{p.name}[/] {round(100 * p.weight)}%" for p in pset.personas)
+        tastes = ", ".join(f"{p.persona_id} [bold]{escape(p.name)}[/] {round(100 * p.weight)}%" for p in pset.personas)
         con.print(f"[bold]User {out.user_id}[/] — {len(pset.personas)} personas: {tastes}")
     table = Table(title=f"Top {len(out.items)} ({out.mode})", show_lines=False)
     table.add_column("#", justify="right")
@@ -162,9 +166,11 @@ def _print_recommendations(engine, out, explain: bool = False) -> None:
     table.add_column("Why" if explain else "Because you liked", max_width=70 if explain else 60)
     for r in out.items:
         share = r.attention.get(r.persona.id, 0.0) if r.persona else 0.0
-        why = r.explanation + (" [template]" if r.explanation_source == "template" else "") if explain else \
-            "; ".join(e.title for e in r.evidence)
-        table.add_row(str(r.rank), r.title, f"{r.score:.3f}", r.persona.name if r.persona else "(popular)",
+        # data is Text, never markup: a title or an explanation with "[...]" prints as written
+        why = Text(r.explanation) if explain else Text("; ".join(e.title for e in r.evidence))
+        if explain and r.explanation_source == "template":
+            why.append(" (template)", style="dim")
+        table.add_row(str(r.rank), Text(r.title), f"{r.score:.3f}", Text(r.persona.name if r.persona else "(popular)"),
                       f"{round(100 * share)}%" if r.persona else "", why)
     con.print(table)
 
@@ -190,6 +196,7 @@ def personas(
         typer.echo(json.dumps(doc, indent=2))
         return
     from rich.table import Table
+    from rich.text import Text
 
     con = _console()
     if not pset.personas:
@@ -200,14 +207,16 @@ def personas(
         table.add_column(col, max_width=60 if col == "description" else 40)
     for p in pset.personas:
         ev = engine.catalog.titles(engine.catalog.indices(p.evidence[:5]))
-        table.add_row(p.persona_id, p.name, f"{p.weight:.2f}", p.description, "; ".join(ev), str(p.version))
+        table.add_row(p.persona_id, Text(p.name), f"{p.weight:.2f}", Text(p.description), Text("; ".join(ev)),
+                      str(p.version))
     con.print(table)
     trace = pset.induction.get("trace", {})
     if trace:
         con.print(f"Chosen K={trace.get('k')} by mean silhouette per K: {trace.get('silhouette')}")
     if versions:
         for v in engine.persona_store.versions(user):
-            con.print(f"{v.persona.persona_id} v{v.persona.version} [{v.reason}] {v.persona.name}: {v.persona.description}")
+            con.print(Text(f"{v.persona.persona_id} v{v.persona.version} [{v.reason}] {v.persona.name}: "
+                           f"{v.persona.description}"))
 
 
 @data_app.command("info")
@@ -258,7 +267,9 @@ def chat(
         if as_json:
             typer.echo(reply.model_dump_json(indent=2))
         else:
-            _console().print(reply.response)
+            from rich.text import Text
+
+            _console().print(Text(reply.response))
             _console(stderr=True).print(f"[dim]thread {reply.thread_id}[/]")
         if reply.error and reply.intent is None:
             raise typer.Exit(1)

@@ -129,3 +129,16 @@ def test_importing_the_packages_does_not_import_torch_or_faiss():
             "print(heavy); sys.exit(1 if heavy else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_titles_with_brackets_print_as_written_not_as_markup(capsys, tmp_path, cfg):
+    rows = ["user,item,rating,timestamp"]
+    for u in range(1, 8):
+        rows += [f"{u},a,5,1", f"{u},b,5,2", f"{u},c,4,3"] + ([f"{u},d,5,4"] if u > 1 else [])
+    (tmp_path / "events.csv").write_text("\n".join(rows) + "\n")
+    titles = {"a": "Alpha [bold]", "b": "Beta [red]x[/red]", "c": "Gamma", "d": "Delta [template]", "e": "Eps"}
+    (tmp_path / "items.csv").write_text("item,title,categories\n" + "".join(f'{i},"{t}",X\n' for i, t in titles.items()))
+    code, out, err = run(capsys, "recommend", "--user", "1", "--k", "2", "--data", str(tmp_path / "events.csv"),
+                         "--items", str(tmp_path / "items.csv"), "--config", cfg)
+    assert code == 0, err
+    assert "Delta [template]" in out and "Alpha [bold]" in out  # the title and its evidence, verbatim
