@@ -7,7 +7,9 @@ explanations. The exact engine ranks; the language model only works on language 
 * Routing: a free-text request ("something light and funny tonight") is routed to the
   personas it activates; their contributions are multiplied by ``route_boost`` (a persona
   focus; calibrated modes then aim at the focused personas' mix), and the catalog is filtered
-  by semantic search only when ``query_filter`` is on.
+  by semantic search only when ``query_filter`` is on. Without a model (or when its answer
+  fails) :meth:`LanguageLayer.route_scores` decides: a title the request names, else the
+  genres it evokes, else no narrowing.
 * Selection: the responsible persona of each listed item is the numeric attention's
   (``attention``), the LLM's (``llm``) or the LLM's only where attention is not decisive
   (``both``); the disagreement rate is reported. Evidence follows the chosen persona.
@@ -27,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -37,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.llm.base import LLMBackend
 from agent.llm.tasks import (CandidateInput, PersonaInput, RecommendationInput, combine_selection,
                              describe_personas, explain_recommendations, route_request, select_personas)
+from agent.llm.tasks import _title_keys
 from agent.llm.validated import FallbackCounter
 from personas.model import PersonaSet
 from personas.recommendation import EvidenceItem, PersonaRef, RecommendationList
@@ -64,6 +68,14 @@ class LanguageConfig(BaseModel):
     already carries the request; an explicit ``query`` is always a filter."""
     evidence_titles: int = Field(8, ge=1)
     """Evidence titles per persona shown to the LLM when describing it."""
+    route_genre_temperature: float = Field(0.05, gt=0)
+    """Routing fallback: the request's similarity to each category ("a comedy film") becomes a
+    distribution over categories by a softmax at this temperature (MiniLM cosines differ by a
+    few hundredths between related and unrelated genres, so it must be sharp)."""
+    route_min_genre_share: float = Field(0.35, ge=0, le=1)
+    """Routing fallback: the request names a genre when its top category gets at least this
+    share; then personas are scored by their share of the request's categories, else by the
+    similarity of the request to the persona's vector."""
 
 
 def persona_inputs(engine, pset: PersonaSet, n_titles: int = 8) -> list[PersonaInput]:
@@ -78,6 +90,8 @@ class LanguageLayer:
     def __init__(self, engine, backend: LLMBackend | None, config: LanguageConfig | None = None):
         self.engine, self.backend = engine, backend
         self.config = config or LanguageConfig()
+        self._category_vectors: tuple[list[str], np.ndarray | None] | None = None
+        self._title_keys: tuple[dict[str, int], int] | None = None
 
     # ---- persona text ------------------------------------------------------------------
     def ensure_persona_text(self, user_id: str) -> dict | None:
@@ -112,11 +126,9 @@ class LanguageLayer:
         pset = self.engine.recommender.persona_set(user_id)
         if not pset.personas:
             return {}, {}
-        # the fallback: personas whose text vector is closest to the request
         scores = {}
         try:
-            q = self.engine.embedder().embed([request])[0]
-            scores = {p.persona_id: float(np.dot(p.vector(), q)) for p in pset.personas if p.embedding}
+            scores = self.route_scores(pset, request)
         except Exception as e:  # noqa: BLE001 - routing must not fail a recommendation
             log.warning("embedding the request failed (%s); routing by words only", e)
         result = route_request(self.backend, request, persona_inputs(self.engine, pset, self.config.evidence_titles),
@@ -125,6 +137,69 @@ class LanguageLayer:
         focus = {pid: self.config.route_boost for pid in routed}
         meta = {**result.metadata(), "persona_ids": routed, "source": result.items[0].source if result.items else None}
         return focus, meta
+
+    def route_scores(self, pset: PersonaSet, request: str) -> dict[str, float]:
+        """The routing fallback's score per persona (also what the LLM's routing falls back to).
+
+        When the request names a genre ("something light and funny" is close to "a comedy
+        film"), a persona scores its share of the request's categories. When it names a title
+        ("something like Star Wars"), the cosine of that item's text and the persona's vector
+        (its evidence items' centroid). Otherwise nothing: a vague request ("surprise me")
+        narrows no taste, and the template then keeps every persona.
+        """
+        embedder = self.engine.embedder()
+        pos = self._mentioned_item(request)
+        if pos is not None:  # a named title is more specific than any genre ("Star Wars" is not a war film)
+            v = embedder.embed([self.engine.catalog.texts()[pos]])[0]
+            return {p.persona_id: float(np.dot(p.vector(), v)) for p in pset.personas if p.embedding}
+        q = embedder.embed([request])[0]
+        dist = self._request_categories(q)
+        if dist is None:
+            return {}
+        return {p.persona_id: float(sum(share * dist.get(c, 0.0) for c, share in p.categories.items()))
+                for p in pset.personas}
+
+    def _mentioned_item(self, request: str) -> int | None:
+        """The catalog position of the longest title the request names ("like Star Wars"), if any.
+
+        Titles are matched as whole word sequences, without year or punctuation and in either
+        article order ("Godfather, The" or "The Godfather"); one-word titles need 5+ letters.
+        """
+        if self._title_keys is None:
+            keys: dict[str, int] = {}
+            for i, t in enumerate(self.engine.catalog.titles(range(len(self.engine.catalog)))):
+                for k in _title_keys(t):
+                    norm = " ".join(re.findall(r"[a-z0-9]+", k))
+                    if len(norm) >= 4 and (" " in norm or len(norm) >= 5):
+                        keys.setdefault(norm, i)
+            self._title_keys = (keys, max((k.count(" ") + 1 for k in keys), default=0))
+        keys, longest = self._title_keys
+        words = re.findall(r"[a-z0-9]+", request.lower())
+        best: tuple[int, int] | None = None  # (length, position)
+        for i in range(len(words)):
+            for n in range(min(longest, len(words) - i), 0, -1):
+                hit = keys.get(" ".join(words[i:i + n]))
+                if hit is not None:
+                    if best is None or n > best[0]:
+                        best = (n, hit)
+                    break
+        return best[1] if best else None
+
+    def _request_categories(self, q: np.ndarray) -> dict[str, float] | None:
+        """The request's distribution over catalog categories, or None when it names none clearly."""
+        if self._category_vectors is None:
+            cats = [c for c in self.engine.catalog.categories if c.lower() != "unknown"]
+            vecs = self.engine.embedder().embed([f"a {c.lower()} film" for c in cats]) if cats else None
+            self._category_vectors = (cats, vecs)
+        cats, vecs = self._category_vectors
+        if not cats:
+            return None
+        z = (np.asarray(vecs) @ q) / self.config.route_genre_temperature
+        w = np.exp(z - z.max())
+        w /= w.sum()
+        if w.max() < self.config.route_min_genre_share:
+            return None
+        return {c: float(x) for c, x in zip(cats, w)}
 
     # ---- the whole recommendation ------------------------------------------------------
     def recommend(self, user_id: str, k: int = 10, mode: str = "relevance", *, request: str | None = None,

@@ -110,3 +110,53 @@ def test_cli_explain_with_no_llm_and_unknown_backend(capsys, tmp_path):
                  "--config", str(cfg)])
     err = capsys.readouterr().err
     assert code == 2 and "transformers" in err and "vllm" in err and "openai" in err
+
+
+# -- the routing fallback (no LLM) ---------------------------------------------------------
+def _routing_layer():
+    from types import SimpleNamespace
+
+    from memory.catalog import Catalog, Item
+    from memory.embeddings import HashEmbedder
+    from personas.model import Persona, PersonaSet
+
+    items = [Item(item_id="sw", title="Star Wars (1977)", text="Star Wars space opera adventure", categories=("Sci-Fi",)),
+             Item(item_id="pl", title="Platoon (1986)", text="Platoon war drama", categories=("War", "Drama")),
+             Item(item_id="ap", title="Airplane! (1980)", text="Airplane! comedy spoof", categories=("Comedy",)),
+             Item(item_id="gf", title="Godfather, The (1972)", text="The Godfather crime drama", categories=("Crime",))]
+    emb = HashEmbedder(dim=256, seed=0)
+
+    def persona(pid, cats, text):
+        return Persona(persona_id=pid, user_id="u", name=pid, description=pid, weight=0.5, categories=cats,
+                       embedding=emb.embed([text])[0].tolist(), evidence=[])
+
+    pset = PersonaSet(user_id="u", personas=[persona("war", {"War": 0.7, "Drama": 0.3}, "Platoon war drama"),
+                                             persona("space", {"Sci-Fi": 1.0}, "Star Wars space opera adventure"),
+                                             persona("laughs", {"Comedy": 1.0}, "Airplane! comedy spoof")])
+    engine = SimpleNamespace(catalog=Catalog(items), embedder=lambda: emb,
+                             recommender=SimpleNamespace(persona_set=lambda user: pset))
+    return LanguageLayer(engine, None), pset
+
+
+@pytest.mark.parametrize("request_text, routed", [
+    ("a comedy please", ["laughs"]),                 # names a genre: the persona holding that genre
+    ("an evening of war drama", ["war"]),
+    ("something like Star Wars", ["space"]),          # names a title: not the war persona, despite "Wars"
+    ("more like the godfather", None),                # a title none of the personas resembles: best by vector
+    ("surprise me", ["war", "space", "laughs"]),      # vague: narrows nothing
+])
+def test_routing_fallback_by_genre_title_or_nothing(request_text, routed):
+    lang, pset = _routing_layer()
+    focus, meta = lang.route("u", request_text)
+    assert meta["source"] == "template"
+    if routed is not None:
+        assert meta["persona_ids"] == routed
+    assert set(focus) == set(meta["persona_ids"])
+
+
+def test_title_mentions_need_whole_words_and_accept_either_article_order():
+    lang, _ = _routing_layer()
+    assert lang._mentioned_item("like The Godfather tonight") == 3
+    assert lang._mentioned_item("godfather, the") == 3
+    assert lang._mentioned_item("starwars or platoons") is None
+    assert lang._mentioned_item("Airplane!") == 2
