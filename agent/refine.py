@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.llm.base import LLMBackend, SamplingConfig
-from agent.llm.tasks import _check_prose, _foreign_titles, _mentions, _names_category
+from agent.llm.tasks import _check_prose, _foreign_titles, _is_title, _mentions, _names_category, _only_titles
 from agent.llm.validated import FallbackCounter, Job, Rejected, run_validated
 from personas.model import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Persona, PersonaSet, utcnow
 from prompts import load_prompt
@@ -375,6 +375,10 @@ class PersonaRefiner:
             if name.lower() in others:
                 raise Rejected("duplicate_name", f"{name!r} names another taste of this user")
             allowed = evidence_titles + liked + disliked
+            if _is_title(name, allowed):
+                raise Rejected("title_as_name", f"the name {name!r} is a title, not a taste")
+            if _only_titles(desc, allowed):
+                raise Rejected("only_titles", "the description lists titles instead of describing a taste")
             foreign = _foreign_titles(f"{name} {desc}", allowed, known)
             if foreign:
                 raise Rejected("foreign_title", f"mentions {foreign[0]!r}, not in the evidence")

@@ -400,6 +400,8 @@ def test_llm_persona_writer_falls_back_to_the_induction_template():
      "invented_title"),
     ('{"name": "Deep Space", "description": "Sci-Fi that is both entertaining and entertaining to watch."}',
      "repetitive"),
+    ('{"name": "Deep Space", "description": "Alien (1979), Aliens (1986) and more."}', "only_titles"),
+    ('{"name": "Aliens", "description": "Tense science fiction about survival in deep space."}', "title_as_name"),
 ])
 def test_persona_descriptions_must_be_grounded_prose(answer, reason):
     p = PersonaInput(persona_id="p1", name="Sci-Fi", description="Sci-Fi titles.",
@@ -414,3 +416,12 @@ def test_grounded_persona_description_is_accepted():
     ok = '{"name": "Deep Space Dread", "description": "Claustrophobic science fiction horror, like Alien (1979)."}'
     res = describe_personas(ScriptedLLM([ok]), [p])
     assert res.items[0].source == "llm" and res.items[0].name == "Deep Space Dread"
+
+
+def test_title_checks_ignore_punctuation_and_article_order():
+    from agent.llm.tasks import _is_title, _only_titles
+
+    assert _is_title("Fan The", ["Fan, The (1996)"]) and _is_title("The Fan", ["Fan, The (1996)"])
+    assert not _is_title("Fan Club", ["Fan, The (1996)"])
+    assert _only_titles("My Best Friend's Wedding (1997)", ["My Best Friend's Wedding (1997)"])
+    assert not _only_titles("Enjoys Drama titles; e.g. Big Night, Lone Star.", ["Big Night (1996)", "Lone Star (1996)"])

@@ -406,19 +406,41 @@ def _repetitive(text: str) -> str | None:
     return None
 
 
-_YEAR = re.compile(r"\((1[89]\d\d|20\d\d)\)")
+_YEAR_IN_TEXT = re.compile(r"\((1[89]\d\d|20\d\d)\)")
 
 
 def _unanchored_year(text: str, titles: Sequence[str]) -> str | None:
     """A "(1994)" that follows none of ``titles``: the model made up a film ("Drama (1994)")."""
     low = text.lower()
     keys = [k for t in titles for k in _title_keys(t) if len(k) >= 3]
-    for m in _YEAR.finditer(low):
+    for m in _YEAR_IN_TEXT.finditer(low):
         before = low[: m.start()].rstrip()
         if not any(before.endswith(k) for k in keys):
             words = before.split()[-3:]
             return f"{' '.join(words)} ({m.group(1)})".strip()
     return None
+
+
+def _plain(text: str) -> str:
+    """Lower-case words only: "Fan, The" and "fan the" compare equal."""
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _is_title(name: str, titles: Sequence[str]) -> bool:
+    """``name`` is one of ``titles`` (any article order, punctuation ignored)."""
+    plain = _plain(name)
+    return bool(plain) and any(plain == _plain(k) for t in titles for k in _title_keys(t))
+
+
+def _only_titles(text: str, titles: Sequence[str], min_other_words: int = 3) -> bool:
+    """``text`` is little more than a list of ``titles`` ("My Best Friend's Wedding (1997)")."""
+    rest = f" {_plain(_YEAR_IN_TEXT.sub(' ', text))} "
+    for t in titles:
+        for k in sorted(_title_keys(t), key=len, reverse=True):
+            pk = _plain(k)
+            if pk:
+                rest = rest.replace(f" {pk} ", " ")
+    return len([w for w in rest.split() if w not in {"and", "or", "e", "g", "eg", "like"}]) < min_other_words
 
 
 # Claims that the user already knows or loves the item being recommended: untrue by construction
@@ -517,8 +539,10 @@ def describe_personas(
                 raise Rejected(
                     "foreign_title", f"mentions {foreign[0]!r}, which is not among this taste's titles"
                 )
-            if any(name.lower() in _title_keys(t) for t in p.evidence_titles):
+            if _is_title(name, p.evidence_titles):
                 raise Rejected("title_as_name", f"the name {name!r} is a title, not a taste")
+            if _only_titles(desc, p.evidence_titles):
+                raise Rejected("only_titles", "the description lists titles instead of describing a taste")
             if re.search(r"\w+: ?\d", desc):
                 raise Rejected("meta_text", "the description lists counts instead of describing a taste")
             if not (_mentions(desc, p.evidence_titles) or _names_category(desc, p.categories)):
