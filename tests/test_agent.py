@@ -330,3 +330,15 @@ def test_real_smollm2_chat_turn(tmp_path, hash_config):
     assert all(i["explanation"] for i in r.items)
     fb = a.chat("3", "not the first one", thread_id="real")
     assert fb.error is None and fb.answer["refinement"] is not None
+
+
+def test_the_documented_api_example_runs(tmp_path, capsys):
+    """docs/examples/agent_api.py, as the README tells people to run it (on the small synthetic data)."""
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parents[1] / "docs/examples/agent_api.py"))
+    example["main"](["--dataset", "synthetic", "--user", "3", "--data-dir", str(tmp_path / "dd")])
+    out = capsys.readouterr().out
+    assert "Personas:" in out and "Recommendations for" in out and "Why " in out and "Chat (thread" in out
+    assert "Latest memory events:" in out and "[chat_turn]" in out

@@ -11,13 +11,16 @@ import argparse
 from agent.api import PluralAgent
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--llm", default="none", help="none, transformers, openai or vllm")
     ap.add_argument("--user", default="1")
-    args = ap.parse_args()
+    ap.add_argument("--dataset", default="ml-100k", help="ml-100k or synthetic")
+    ap.add_argument("--data-dir", default=None, help="data directory (default: the shared cache; the tour's "
+                                                     "feedback changes the user's personas there)")
+    args = ap.parse_args(argv)
 
-    agent = PluralAgent.from_dataset("ml-100k", llm=args.llm, progress=True)
+    agent = PluralAgent.from_dataset(args.dataset, llm=args.llm, data_dir=args.data_dir, progress=True)
     user = args.user
 
     print("Personas:")
