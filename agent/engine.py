@@ -96,11 +96,13 @@ class Progress:
 
     def __enter__(self):
         if self.enabled:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
+            # on stderr: stdout carries the command's output (tables, --json)
             self._bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(),
                                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                                     transient=False)
+                                     transient=False, console=Console(stderr=True))
             self._bar.__enter__()
         return self
 
