@@ -342,3 +342,20 @@ def test_the_documented_api_example_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Personas:" in out and "Recommendations for" in out and "Why " in out and "Chat (thread" in out
     assert "Latest memory events:" in out and "[chat_turn]" in out
+
+
+def test_langgraph_json_names_a_graph_the_server_can_build_and_run(tmp_path, monkeypatch):
+    """What `langgraph dev` does with langgraph.json: import the path it names, build, invoke."""
+    import runpy
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    spec = json.loads((root / "langgraph.json").read_text())["graphs"]["plural"]
+    path, func = spec.split(":")
+    monkeypatch.setenv("PLURAL_DATASET", "synthetic")
+    monkeypatch.setenv("PLURAL_LLM", "none")
+    monkeypatch.setenv("PLURAL_DATA_DIR", str(tmp_path / "data"))
+    graph = runpy.run_path(str(root / path))[func]()
+    state = graph.invoke({"user_id": "3", "thread_id": "srv", "message": "something with starships"})
+    assert state["understanding"]["intent"] == "recommend" and state["recommendation"]["items"]
+    assert state.get("error") is None and state["response"]
