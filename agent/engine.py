@@ -136,7 +136,6 @@ class Engine:
         self._embedder = None
         self._catalog_index = None
         self._memory_store = None
-        self._titles: list[str] | None = None
 
     # ---- opening and building --------------------------------------------------------
     @classmethod
@@ -182,11 +181,9 @@ class Engine:
             self._embedder = make_embedder(self.config.embedder)
         return self._embedder
 
-    def catalog_titles(self) -> list[str]:
+    def catalog_titles(self) -> tuple[str, ...]:
         """Every title in the catalog (explanations may not cite titles outside their evidence)."""
-        if self._titles is None:
-            self._titles = [it.title for it in self.catalog]
-        return self._titles
+        return self.catalog.all_titles()
 
     def memory_store(self):
         """The FAISS + SQLite memory of this data directory (catalog, episodic, semantic)."""

@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -40,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.llm.base import LLMBackend
 from agent.llm.tasks import (CandidateInput, PersonaInput, RecommendationInput, combine_selection,
                              describe_personas, explain_recommendations, route_request, select_personas)
-from agent.llm.tasks import _title_keys
+from agent.llm.tasks import title_index
 from agent.llm.validated import FallbackCounter
 from personas.model import PersonaSet
 from personas.recommendation import EvidenceItem, PersonaRef, RecommendationList
@@ -91,7 +90,6 @@ class LanguageLayer:
         self.engine, self.backend = engine, backend
         self.config = config or LanguageConfig()
         self._category_vectors: tuple[list[str], np.ndarray | None] | None = None
-        self._title_keys: tuple[dict[str, int], int] | None = None
 
     # ---- persona text ------------------------------------------------------------------
     def ensure_persona_text(self, user_id: str) -> dict | None:
@@ -162,28 +160,13 @@ class LanguageLayer:
     def _mentioned_item(self, request: str) -> int | None:
         """The catalog position of the longest title the request names ("like Star Wars"), if any.
 
-        Titles are matched as whole word sequences, without year or punctuation and in either
-        article order ("Godfather, The" or "The Godfather"); one-word titles need 5+ letters.
+        Titles match as whole word sequences, without year or punctuation and in either article
+        order ("Godfather, The" or "The Godfather"); a one-word title needs 5+ letters here, so
+        that "beat the heat" is not a request for *Heat*.
         """
-        if self._title_keys is None:
-            keys: dict[str, int] = {}
-            for i, t in enumerate(self.engine.catalog.titles(range(len(self.engine.catalog)))):
-                for k in _title_keys(t):
-                    norm = " ".join(re.findall(r"[a-z0-9]+", k))
-                    if len(norm) >= 4 and (" " in norm or len(norm) >= 5):
-                        keys.setdefault(norm, i)
-            self._title_keys = (keys, max((k.count(" ") + 1 for k in keys), default=0))
-        keys, longest = self._title_keys
-        words = re.findall(r"[a-z0-9]+", request.lower())
-        best: tuple[int, int] | None = None  # (length, position)
-        for i in range(len(words)):
-            for n in range(min(longest, len(words) - i), 0, -1):
-                hit = keys.get(" ".join(words[i:i + n]))
-                if hit is not None:
-                    if best is None or n > best[0]:
-                        best = (n, hit)
-                    break
-        return best[1] if best else None
+        hits = [(len(words), pos) for pos, words in title_index(self.engine.catalog.all_titles()).find(request)
+                if len(words) > 1 or len(words[0]) >= 5]
+        return max(hits)[1] if hits else None
 
     def _request_categories(self, q: np.ndarray) -> dict[str, float] | None:
         """The request's distribution over catalog categories, or None when it names none clearly."""

@@ -363,7 +363,7 @@ class PersonaRefiner:
         disliked = [b.item.title for b in batch if b.reaction == "dislike"]
         user_words = [b.text for b in batch if b.text]
         others = {p.name.lower() for p in pset.personas if p.persona_id != persona.persona_id}
-        known = list(self.catalog_titles_cache())
+        known = self.catalog.all_titles()
 
         def valid(name: str, desc: str) -> tuple[str, str]:
             name, desc = " ".join(name.split()), " ".join(desc.split())
@@ -424,7 +424,3 @@ class PersonaRefiner:
         except Rejected:
             return None, "template", err
 
-    def catalog_titles_cache(self) -> list[str]:
-        if not hasattr(self, "_titles"):
-            self._titles = [it.title for it in self.catalog]
-        return self._titles

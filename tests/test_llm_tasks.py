@@ -425,3 +425,19 @@ def test_title_checks_ignore_punctuation_and_article_order():
     assert not _is_title("Fan Club", ["Fan, The (1996)"])
     assert _only_titles("My Best Friend's Wedding (1997)", ["My Best Friend's Wedding (1997)"])
     assert not _only_titles("Enjoys Drama titles; e.g. Big Night, Lone Star.", ["Big Night (1996)", "Lone Star (1996)"])
+
+
+def test_title_index_finds_what_a_whole_word_scan_finds():
+    from agent.llm.tasks import TitleIndex
+
+    titles = ["Godfather, The (1972)", "Alien (1979)", "Aliens (1986)", "Star Wars (1977)", "Heat (1995)", "M*A*S*H (1970)"]
+    idx = TitleIndex(titles)
+
+    def named(text):
+        return [titles[p] for p, _ in idx.find(text)]
+
+    assert named("Since you liked The Godfather and Aliens, M*A*S*H fits.") == \
+        ["Godfather, The (1972)", "Aliens (1986)", "M*A*S*H (1970)"]
+    assert named("Alien's sequel; star wars; some heat") == ["Alien (1979)", "Star Wars (1977)", "Heat (1995)"]
+    assert named("Starwars, aliensque, godfathers") == []
+    assert [w for _, w in idx.find("the godfather")] == [("the", "godfather")]  # the longest naming is kept

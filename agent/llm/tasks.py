@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import re
@@ -255,16 +256,48 @@ def _title_keys(title: str) -> list[str]:
     return [key, f"{m.group(2)} {m.group(1)}", m.group(1)] if m else [key]
 
 
+def _words_of(text: str) -> list[str]:
+    """Lower-case alphanumeric runs: how titles and texts are compared (punctuation is a boundary)."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+class TitleIndex:
+    """Which of many titles a text names: every way of writing each title (:func:`_title_keys`,
+    4+ characters) as a word sequence, looked up by the text's word n-grams. One pass over the
+    text instead of a regex per title (a 1,682-title catalog took ~180 ms a check that way)."""
+
+    def __init__(self, titles: Sequence[str]):
+        self.titles = list(titles)
+        self._keys: dict[tuple[str, ...], int] = {}
+        for i, t in enumerate(self.titles):
+            for key in _title_keys(t):
+                words = tuple(_words_of(key))
+                if words and len(" ".join(words)) >= 4:
+                    self._keys.setdefault(words, i)
+        self._longest = max((len(k) for k in self._keys), default=0)
+
+    def find(self, text: str) -> list[tuple[int, tuple[str, ...]]]:
+        """``(title position, the words that named it)`` for each title named, in title order."""
+        words = _words_of(text)
+        hits: dict[int, tuple[str, ...]] = {}
+        for i in range(len(words)):
+            for n in range(min(self._longest, len(words) - i), 0, -1):
+                pos = self._keys.get(tuple(words[i:i + n]))
+                if pos is not None and len(hits.get(pos, ())) < n:
+                    hits[pos] = tuple(words[i:i + n])
+        return sorted(hits.items())
+
+
+@functools.lru_cache(maxsize=256)
+def title_index(titles: tuple[str, ...]) -> TitleIndex:
+    """A :class:`TitleIndex`, built once per title list (the catalog's is asked for on every check)."""
+    return TitleIndex(titles)
+
+
 def _mentions(text: str, titles: Sequence[str]) -> list[str]:
     """Titles (year suffix ignored, 4+ characters) that occur in ``text`` as whole words."""
-    low = text.lower()
-    found = []
-    for t in titles:
-        for key in _title_keys(t):
-            if len(key) >= 4 and re.search(r"(?<![a-z0-9])" + re.escape(key) + r"(?![a-z0-9])", low):
-                found.append(t)
-                break
-    return found
+    index = title_index(tuple(titles))
+    return [index.titles[pos] for pos, _ in index.find(text)]
 
 
 def _foreign_titles(text: str, allowed: Sequence[str], known: Sequence[str]) -> list[str]:
