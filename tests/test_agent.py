@@ -104,6 +104,16 @@ def test_chat_recommends_explains_and_remembers(agent):
     assert why.answer["persona"]["id"] in why.answer["attention"] and why.answer["evidence"]
 
 
+def test_show_my_personas_says_what_recall_brought_back(agent):
+    r = agent.chat("3", "something with starships tonight", thread_id="mem")
+    disliked = r.items[0]["title"]
+    agent.chat("3", "not the first one, too slow", thread_id="mem")
+    shown = agent.chat("3", "show my personas", thread_id="mem")
+    assert shown.intent == "personas" and "What I remember about you:" in shown.response
+    remembered = shown.response.split("What I remember about you:", 1)[1]
+    assert disliked in remembered  # the reaction, recalled from episodic memory
+
+
 def test_request_routing_focuses_the_routed_persona(agent):
     r = agent.chat("9", "surprise me", thread_id="route")
     pset = agent.engine.persona_store.get("9")

@@ -215,6 +215,14 @@ def build_graph(runtime: AgentRuntime, checkpointer=None):
     return g.compile(checkpointer=checkpointer)
 
 
+def _remembered(recalled: list[dict], n_facts: int = 3, n_reactions: int = 2) -> list[str]:
+    """What recall brought back, as the person would say it: semantic facts first (each cites its
+    source events), then the best-recalled reactions (recency and similarity blended)."""
+    facts = [r["text"] for r in recalled if r.get("kind") == "fact"][:n_facts]
+    reactions = [r["text"] for r in recalled if r.get("kind") == "feedback"][:n_reactions]
+    return facts + reactions
+
+
 def _compose(runtime: AgentRuntime, state: AgentState) -> tuple[str, dict]:
     """The agent's words for this turn, and state updates (the list shown, the focus)."""
     if state.get("error"):
@@ -283,5 +291,8 @@ def _compose(runtime: AgentRuntime, state: AgentState) -> tuple[str, dict]:
         lines = ["Your personas:"]
         for p in pset.personas:
             lines.append(f"- {p.name} ({round(100 * p.weight)}%, v{p.version}): {p.description}")
+        remembered = _remembered(state.get("recalled") or [])
+        if remembered:
+            lines += ["What I remember about you:", *(f"- {t}" for t in remembered)]
         return "\n".join(lines), {}
     return "I did not understand that. Ask for something to watch, or react to one of my picks.", {}
