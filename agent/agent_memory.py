@@ -15,10 +15,7 @@ memory. Writes of one agent turn go through :meth:`AgentMemory.transaction`: all
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections import Counter
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,9 +27,6 @@ from memory.store import MemoryRecord
 from prompts import load_prompt
 
 log = logging.getLogger("plural.memory")
-
-REACTIONS = ("like", "dislike")
-
 
 class MemoryConfig(BaseModel):
     """How the agent remembers."""
@@ -132,7 +126,8 @@ class AgentMemory:
     def events_since_consolidation(self, user_id: str) -> list[MemoryRecord]:
         facts = self.semantic.facts(user_id)
         since = max((f.timestamp for f in facts), default=0.0)
-        return [r for r in self.store.list(self.episodic_ns(user_id), newest_first=False)
+        # the store filters by time (SQL on the persistent store): no scan of the whole history per turn
+        return [r for r in self.store.list(self.episodic_ns(user_id), since=since, newest_first=False)
                 if r.timestamp > since and r.kind in ("feedback", "chat_turn")]
 
     # ---- consolidation -----------------------------------------------------------------
@@ -199,14 +194,3 @@ class AgentMemory:
         kept = [(f.text, list(f.source_ids)) for f in old if f.text not in {t for t, _ in facts}]
         return (facts + kept)[: self.config.max_facts]
 
-
-def reaction_counts(records: Sequence[MemoryRecord]) -> dict[str, int]:
-    return dict(Counter(r.payload.get("reaction") for r in records if r.kind == "feedback"))
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, ensure_ascii=False, default=str)
-
-
-def now() -> float:
-    return time.time()
