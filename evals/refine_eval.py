@@ -272,7 +272,11 @@ class RefineEvaluation:
             out[f"Recall@{k}:{mode}"] = float(recall_at_k(hits, n, k)[0])
         return out
 
-    def _reactions(self, u: str, pset: PersonaSet, sim, pos: list[str], neg: list[str]) -> dict[str, float]:
+    def _reactions(self, u: str, pset: PersonaSet, sim, pos: list[str], neg: list[str],
+                   memo: dict[tuple[str, str, str], bool]) -> dict[str, float]:
+        """Reaction prediction of ``pset`` on the items. ``memo`` holds the simulator's earlier
+        answers for this user: the simulator reads only a persona's text and the item, so "numbers
+        only" (the before texts) costs no new simulation (each is an LLM call with a model)."""
         cat, refiner = self.engine.catalog, self.runtime.refiner
         items = pos + neg
         if not items or not pset.personas:
@@ -282,8 +286,13 @@ class RefineEvaluation:
         resp = ps.responsible(positions)
         pred = np.zeros(len(items), dtype=bool)
         for r in np.unique(resp):
-            idx = np.flatnonzero(resp == r)
-            pred[idx] = sim.predict(pset.personas[int(r)], [refiner.view(items[i]) for i in idx])
+            p = pset.personas[int(r)]
+            idx = [i for i in np.flatnonzero(resp == r) if (p.name, p.description, items[i]) not in memo]
+            if idx:
+                for i, v in zip(idx, sim.predict(p, [refiner.view(items[i]) for i in idx])):
+                    memo[(p.name, p.description, items[i])] = bool(v)
+            for i in np.flatnonzero(resp == r):
+                pred[i] = memo[(p.name, p.description, items[i])]
         truth = np.array([True] * len(pos) + [False] * len(neg))
         recalls = [float((pred[truth] == truth[truth]).mean()) if truth.any() else np.nan,
                    float((pred[~truth] == truth[~truth]).mean()) if (~truth).any() else np.nan]
@@ -291,9 +300,10 @@ class RefineEvaluation:
         sims = np.einsum("ij,ij->i", self.item_vectors[positions], pv[resp])
         return {"ReactionAcc": float(np.nanmean(recalls)), "ReactionAUC": _auc(sims[truth], sims[~truth])}
 
-    def _measure(self, u: str, pset: PersonaSet, sim, plan: dict, exclude: list[str], ranking: bool) -> dict:
+    def _measure(self, u: str, pset: PersonaSet, sim, plan: dict, exclude: list[str], ranking: bool,
+                 memo: dict) -> dict:
         out = self._ranking(u, exclude, plan["remaining"]) if ranking else {}
-        out.update(self._reactions(u, pset, sim, plan["eval_pos"], [i for i, _ in plan["eval_neg"]]))
+        out.update(self._reactions(u, pset, sim, plan["eval_pos"], [i for i, _ in plan["eval_neg"]], memo))
         return out
 
     # ---- the run ---------------------------------------------------------------------------
@@ -354,7 +364,8 @@ class RefineEvaluation:
         before = store.get(u) or PersonaSet(user_id=u, personas=[])
         revealed = [i for i, _, _ in plan["events"]]
         sim = rt.refiner.simulator()
-        m_before = self._measure(u, before, sim, plan, revealed, ranking=True)
+        memo: dict[tuple[str, str, str], bool] = {}
+        m_before = self._measure(u, before, sim, plan, revealed, ranking=True, memo=memo)
 
         events = []
         for item, reaction, source in plan["events"]:
@@ -383,8 +394,8 @@ class RefineEvaluation:
         numbers_only = after.model_copy(update={"personas": [
             p.model_copy(update={"name": old_text[p.persona_id][0], "description": old_text[p.persona_id][1]})
             if p.persona_id in old_text else p for p in after.personas]})
-        m_after = self._measure(u, after, sim, plan, revealed, ranking=True)
-        m_numbers = self._measure(u, numbers_only, sim, plan, revealed, ranking=False)
+        m_after = self._measure(u, after, sim, plan, revealed, ranking=True, memo=memo)
+        m_numbers = self._measure(u, numbers_only, sim, plan, revealed, ranking=False, memo=memo)
         if hasattr(sim, "fallbacks"):  # the LLM simulator's counts over the measurements
             self._count(sim.fallbacks.as_dict(), getattr(sim, "llm_error", None))
         changed = [{"persona_id": p.persona_id, "before": {"name": old_text[p.persona_id][0],

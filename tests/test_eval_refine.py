@@ -179,3 +179,30 @@ def test_cli_in_process(tmp_path, capsys):
                  "--out", str(out)]) == 2
     assert main(["eval", "refine", "--dataset", "synthetic", "--users", "0"]) == 2
     assert "--users" in capsys.readouterr().err
+
+
+def test_no_persona_text_and_item_pair_is_simulated_twice(dataset, hash_config, monkeypatch):
+    """"Numbers only" keeps the before texts: their reactions are reused, not asked of the model again."""
+    from agent.refine import LLMSimulator
+    from evals import refine_eval
+
+    asked: list[tuple[str, str, str]] = []
+    measuring = []
+    real_predict, real_measure = LLMSimulator.predict, refine_eval.RefineEvaluation._measure
+
+    def predict(self, persona, items):
+        if measuring:
+            asked.extend((persona.name, persona.description, it.item_id) for it in items)
+        return real_predict(self, persona, items)
+
+    def measure(self, *args, **kwargs):
+        measuring.append(1)
+        try:
+            return real_measure(self, *args, **kwargs)
+        finally:
+            measuring.pop()
+
+    monkeypatch.setattr(LLMSimulator, "predict", predict)
+    monkeypatch.setattr(refine_eval.RefineEvaluation, "_measure", measure)
+    _run(dataset, hash_config, backend=refine_llm(), users=2)
+    assert asked and len(asked) == len(set(asked))
