@@ -213,7 +213,7 @@ class PluralAgent:
 
     def transcript(self, thread_id: str, user: str) -> list[dict]:
         """The turns of a thread (the owner only)."""
-        last_good = self.threads.claim(thread_id, str(user))
+        last_good = self.threads.last_checkpoint(thread_id, str(user))  # reading starts no thread
         if not last_good:
             return []
         snap = self.graph.get_state({"configurable": {"thread_id": thread_id, "checkpoint_id": last_good}})

@@ -42,31 +42,27 @@ class ThreadRegistry:
     def claim(self, thread_id: str, user_id: str) -> str | None:
         """Register the thread for ``user_id`` (or check it is theirs); returns its last good checkpoint."""
         self.check_id(thread_id)
+        with self._lock:  # the first user to write to a thread owns it
+            self._con.execute("INSERT OR IGNORE INTO threads VALUES (?, ?, ?, NULL, 0)", (thread_id, user_id, time.time()))
+        return self.last_checkpoint(thread_id, user_id)
+
+    def last_checkpoint(self, thread_id: str, user_id: str) -> str | None:
+        """The thread's last good checkpoint, read only: None for a thread not started yet; a
+        thread of another user raises :class:`ThreadOwnershipError`."""
+        self.check_id(thread_id)
         with self._lock:
             row = self._con.execute("SELECT user_id, last_checkpoint FROM threads WHERE thread_id=?",
                                     (thread_id,)).fetchone()
-            if row is None:
-                self._con.execute("INSERT INTO threads VALUES (?, ?, ?, NULL, 0)", (thread_id, user_id, time.time()))
-                return None
+        if row is None:
+            return None
         if row[0] != user_id:
             raise ThreadOwnershipError(thread_id)
         return row[1]
-
-    def owner(self, thread_id: str) -> str | None:
-        with self._lock:
-            row = self._con.execute("SELECT user_id FROM threads WHERE thread_id=?", (thread_id,)).fetchone()
-        return row[0] if row else None
 
     def completed(self, thread_id: str, checkpoint_id: str) -> None:
         with self._lock:
             self._con.execute("UPDATE threads SET last_checkpoint=?, turns=turns+1 WHERE thread_id=?",
                               (checkpoint_id, thread_id))
-
-    def threads_of(self, user_id: str) -> list[dict]:
-        with self._lock:
-            rows = self._con.execute("SELECT thread_id, created_at, turns FROM threads WHERE user_id=? "
-                                     "ORDER BY created_at", (user_id,)).fetchall()
-        return [{"thread_id": t, "created_at": c, "turns": n} for t, c, n in rows]
 
     def close(self) -> None:
         self._con.close()

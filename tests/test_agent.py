@@ -369,3 +369,10 @@ def test_langgraph_json_names_a_graph_the_server_can_build_and_run(tmp_path, mon
     state = graph.invoke({"user_id": "3", "thread_id": "srv", "message": "something with starships"})
     assert state["understanding"]["intent"] == "recommend" and state["recommendation"]["items"]
     assert state.get("error") is None and state["response"]
+
+
+def test_reading_a_transcript_starts_no_thread(agent):
+    assert agent.transcript("fresh", "3") == []
+    r = agent.chat("5", "something with starships", thread_id="fresh")  # still free for anyone
+    assert r.error is None
+    assert agent.transcript("fresh", "5") and agent.chat("3", "hi", thread_id="fresh").error
