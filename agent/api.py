@@ -113,18 +113,9 @@ class PluralAgent:
     def from_data_dir(cls, path: str | Path, *, llm: Any = "none", config: AgentConfig | None = None,
                       postgres_url: str | None = None) -> "PluralAgent":
         """Open an existing data directory (built by ``plural recommend`` or :meth:`from_dataset`)."""
-        import json
-
-        from agent.config import EngineConfig
         from agent.engine import Engine
-        from memory.loaders import DataSource
 
-        p = Path(path)
-        if not (p / "manifest.json").exists():
-            raise UsageError("data dir", str(p), "a folder built by Plural (it has a manifest.json)")
-        manifest = json.loads((p / "manifest.json").read_text())
-        engine = Engine.open(DataSource.model_validate(manifest["source"]),
-                             EngineConfig.model_validate(manifest["config"]), p)
+        engine = Engine.open_data_dir(path)
         return cls(AgentRuntime(engine, _backend(llm), config), postgres_url=postgres_url)
 
     @staticmethod

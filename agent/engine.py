@@ -139,6 +139,15 @@ class Engine:
 
     # ---- opening and building --------------------------------------------------------
     @classmethod
+    def open_data_dir(cls, path: str | Path) -> "Engine":
+        """Reopen a data directory as built, from the source and settings in its manifest."""
+        p = Path(path)
+        if not (p / "manifest.json").exists():
+            raise UsageError("data dir", str(p), "a folder built by Plural (it has a manifest.json)")
+        manifest = json.loads((p / "manifest.json").read_text())
+        return cls.open(DataSource.model_validate(manifest["source"]), EngineConfig.model_validate(manifest["config"]), p)
+
+    @classmethod
     def open(cls, source: DataSource | None = None, config: EngineConfig | None = None,
              data_dir: str | Path | None = None, *, progress: bool = False, rebuild: bool = False,
              validate: Callable[[HistoryIndex], None] | None = None) -> "Engine":

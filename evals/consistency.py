@@ -783,17 +783,10 @@ def evaluation_engine(source, engine_config=None, data_dir: str | Path | None = 
     ``source`` in a temporary folder, so that a run does not depend on what earlier sessions
     did to the cached personas.
     """
-    from agent.config import EngineConfig
     from agent.engine import Engine
-    from memory.loaders import DataSource
 
     if data_dir is not None:
-        p = Path(data_dir)
-        if not (p / "manifest.json").exists():
-            raise UsageError("--data-dir", str(p), "a folder built by Plural (it has a manifest.json)")
-        manifest = json.loads((p / "manifest.json").read_text())
-        engine = Engine.open(DataSource.model_validate(manifest["source"]),
-                             EngineConfig.model_validate(manifest["config"]), p)
+        engine = Engine.open_data_dir(data_dir)
         try:
             yield engine
         finally:

@@ -88,3 +88,14 @@ def test_movielens_100k_smoke():
     assert [r.item_id for r in rel.items] == [engine.catalog.item(int(i)).item_id for i in np.argsort(-base)[:10]]
     q = engine.recommend("1", k=5, query="animated film for children")
     assert sum(("Animation" in r.categories) or ("Children's" in r.categories) for r in q.items) >= 3
+
+
+def test_a_data_dir_reopens_from_its_manifest_alone(synthetic_engine, tmp_path):
+    from agent.engine import Engine
+    from memory.errors import UsageError
+
+    again = Engine.open_data_dir(synthetic_engine.data_dir)
+    assert again.config.cache_key() == synthetic_engine.config.cache_key()
+    assert again.recommend("3", k=5).items[0].item_id == synthetic_engine.recommend("3", k=5).items[0].item_id
+    with pytest.raises(UsageError, match="manifest.json"):
+        Engine.open_data_dir(tmp_path)
