@@ -48,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tempfile
@@ -60,11 +61,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.llm.base import LLMBackend, SamplingConfig
 from agent.llm.tasks import _check_prose, _mentions, _names_category, _title_keys
 from agent.llm.validated import FallbackCounter, Job, Rejected, run_validated
+from evals.report import config_from_options, fmt_cell
+from evals.report import json_number as _num
 from evals.stats import bootstrap_ci
 from memory.errors import UnknownUserError, UsageError
 from personas.model import Persona
@@ -117,12 +120,7 @@ class ConsistencyConfig(BaseModel):
     @classmethod
     def from_options(cls, **options: Any) -> ConsistencyConfig:
         """Build from CLI options; a bad value is a :class:`UsageError` naming the option."""
-        try:
-            return cls(**options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            name = str(err["loc"][0]) if err["loc"] else "option"
-            raise UsageError(f"--{name.replace('_', '-')}", options.get(name), err["msg"]) from None
+        return config_from_options(cls, options)
 
 
 # ---- what the LLMs must answer ------------------------------------------------------------
@@ -806,14 +804,8 @@ def run_consistency_eval(engine, config: ConsistencyConfig | None = None, speake
     return ConsistencyEvaluation(engine, config, speaker, judge, progress).run()
 
 
-def _num(x) -> float | None:
-    if x is None:
-        return None
-    x = float(x)
-    return None if not np.isfinite(x) else round(x, 6)
-
-
 # ---- reports ----------------------------------------------------------------------------------
+_fmt = functools.partial(fmt_cell, digits=3)
 _MODE_NOTES = {
     "smoke": "**Smoke mode, not a measurement.** No LLM was configured: the speaker is a deterministic template "
              "built from the persona text, the judge a keyword heuristic, the test template questions answered by "
@@ -824,10 +816,6 @@ _MODE_NOTES = {
                         "this measures the judge, not the agent.",
     "measurement": "Speaker and judge are LLMs; every template fallback is counted below.",
 }
-
-
-def _fmt(v, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
 
 
 def markdown_consistency_report(doc: dict) -> str:

@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evals.baselines import ContentMean, MultVAE, MultVAEConfig, Popularity
 from evals.metrics import ListEvaluation, evaluate_lists, user_profiles
 from evals.plural_batch import SplitPersonas, induce_for_split, persona_fill_lists
+from evals.report import json_number as _num
 from evals.splits import SplitArrays, SplitConfig, rank_unseen, split_dataset, validation_split
 from evals.stats import bootstrap_ci, paired_comparison
 from memory.dataset import Dataset
@@ -495,11 +496,6 @@ class RecEvaluation:
         }
         doc["research_bar"] = research_bar(doc, cfg)
         return doc
-
-
-def _num(x) -> float | None:
-    x = float(x)
-    return None if not np.isfinite(x) else round(x, 6)
 
 
 def research_bar(doc: dict, cfg: EvalConfig) -> dict:

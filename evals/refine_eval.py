@@ -61,11 +61,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent.llm.base import LLMBackend
 from agent.llm.validated import FallbackCounter
 from evals.metrics import hit_matrix, ndcg_at_k, recall_at_k
+from evals.report import config_from_options
+from evals.report import json_number as _num
+from evals.report import fmt_cell as _fmt
 from evals.splits import Split, SplitConfig, split_dataset
 from evals.stats import paired_comparison
 from memory.dataset import Dataset
@@ -115,12 +118,7 @@ class RefineEvalConfig(BaseModel):
     @classmethod
     def from_options(cls, **options: Any) -> RefineEvalConfig:
         """Build from CLI options; a bad value is a :class:`UsageError` naming the option."""
-        try:
-            cfg = cls(**options)
-        except ValidationError as e:
-            err = e.errors()[0]
-            name = str(err["loc"][0]) if err["loc"] else "option"
-            raise UsageError(f"--{name.replace('_', '-')}", options.get(name), err["msg"]) from None
+        cfg = config_from_options(cls, options)
         from personas.ranking import get_mode
 
         for m in cfg.modes:
@@ -486,11 +484,6 @@ def _count_sources(pairs: Sequence[tuple[str, str]]) -> dict[str, int]:
     return out
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return None if not np.isfinite(x) else round(x, 6)
-
-
 def _round(d: dict[str, float]) -> dict[str, float | None]:
     return {k: _num(v) for k, v in d.items()}
 
@@ -502,12 +495,6 @@ def run_refine_eval(dataset: Dataset, config: RefineEvalConfig | None = None, en
 
 
 # ---- reports ----------------------------------------------------------------------------------
-def _fmt(v, digits: int = 4, sign: bool = False) -> str:
-    if v is None:
-        return "–"
-    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
-
-
 def markdown_refine_report(doc: dict) -> str:
     """The run as Markdown: protocol line, before/after table, the guard, fallbacks, examples."""
     cfg, ds, g = doc["config"], doc["dataset"], doc["guard"]
@@ -562,6 +549,6 @@ def markdown_refine_report(doc: dict) -> str:
 
 def write_refine_reports(doc: dict, out_dir: str | Path) -> dict[str, str]:
     """Write ``results.json`` and ``results.md``; returns their paths."""
-    from evals.report import write_json_and_markdown
+    from evals.report import write_json_and_markdown  # noqa: PLC0415
 
     return {k: str(v) for k, v in write_json_and_markdown(doc, out_dir, markdown_refine_report(doc)).items()}

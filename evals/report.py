@@ -5,13 +5,40 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from memory.persistence import atomic_write_text
 
 TABLE_METRICS = ("Recall", "NDCG", "HR", "C_KL", "TDD_genre", "TDD_persona", "MinorityRecall", "ILD", "Coverage")
 
 
-def _fmt(v, digits=4) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
+def fmt_cell(v, digits: int = 4, sign: bool = False) -> str:
+    """A table cell: "–" for a missing value, else ``digits`` decimals (with ``+`` when ``sign``)."""
+    if v is None:
+        return "–"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def json_number(x) -> float | None:
+    """A metric as the result JSON holds it: rounded to 6 decimals; NaN, inf and None become null."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if not np.isfinite(x) else round(x, 6)
+
+
+def config_from_options(cls, options: dict):
+    """``cls(**options)`` for a CLI command; a bad value is a :class:`UsageError` naming the option."""
+    from pydantic import ValidationError
+
+    from memory.errors import UsageError
+
+    try:
+        return cls(**options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "option"
+        raise UsageError(f"--{name.replace('_', '-')}", options.get(name), err["msg"]) from None
 
 
 def markdown_table(doc: dict, k: int) -> str:
@@ -19,7 +46,7 @@ def markdown_table(doc: dict, k: int) -> str:
     head = ["model", *[f"{m}@{k}" for m in TABLE_METRICS], f"NDCG@{k} / EASE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, d in doc["models"].items():
-        row = [f"`{name}`"] + [_fmt(d["metrics"].get(f"{m}@{k}")) for m in TABLE_METRICS]
+        row = [f"`{name}`"] + [fmt_cell(d["metrics"].get(f"{m}@{k}")) for m in TABLE_METRICS]
         vs = d.get("vs_ease", {}).get(f"NDCG@{k}")
         row.append("1 (reference)" if name == "ease" else
                    (f"{vs['ratio']:.3f} [{vs['ci'][0]:+.4f}, {vs['ci'][1]:+.4f}]" if vs and vs["ratio"] else "–"))
@@ -80,7 +107,7 @@ def markdown_report(doc: dict) -> str:
         out.append("| model | " + " | ".join(f"{g} ({any_model[g]['users']} users)" for g in groups) + " |")
         out.append("|" + "---|" * (len(groups) + 1))
         for name, v in doc["minority_recall_by_tastes"].items():
-            out.append(f"| `{name}` | " + " | ".join(_fmt(v.get(g, {}).get("mean")) for g in groups) + " |")
+            out.append(f"| `{name}` | " + " | ".join(fmt_cell(v.get(g, {}).get("mean")) for g in groups) + " |")
         out.append("")
     variants = [("Steck", t["steck"]["variants"])]
     if "persona_calibrated" in t:
