@@ -380,6 +380,7 @@ class ConsistencyEvaluation:
         self._progress = progress or (lambda desc, total: (lambda n=1: None))
         self.catalog = engine.catalog
         self.categories = list(self.catalog.categories)
+        self._popular: list[int] | None = None
 
     # ---- choosing users and personas -------------------------------------------------------
     def _users(self) -> list[str]:
@@ -398,9 +399,10 @@ class ConsistencyEvaluation:
 
     def _far_pool(self, exclude: set[int]) -> list[int]:
         """Popular items (most liked first), the pool far-away titles are drawn from."""
-        pop = self.engine.history.item_popularity(len(self.catalog))
-        order = np.lexsort((np.arange(len(pop)), -pop))
-        return [int(i) for i in order[:300] if int(i) not in exclude]
+        if self._popular is None:  # the catalog and histories do not change during a run
+            pop = self.engine.history.item_popularity(len(self.catalog))
+            self._popular = [int(i) for i in np.lexsort((np.arange(len(pop)), -pop))[:300]]
+        return [i for i in self._popular if i not in exclude]
 
     def _cases(self) -> list[Case]:
         cases = []
