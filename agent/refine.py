@@ -108,27 +108,28 @@ class EmbeddingSimulator(ReactionSimulator):
 
     def __init__(self, embedder, reference_texts: Sequence[str]):
         self.embedder = embedder
-        self._ref = embedder.embed(list(reference_texts)[:400]) if reference_texts else None
+        self._ref_texts = list(reference_texts)[:400]
+        self._ref: np.ndarray | None = None  # embedded on the first prediction, not when the agent starts
 
     def _persona_vec(self, persona: Persona) -> np.ndarray:
         return self.embedder.embed([f"{persona.name}. {persona.description}"])[0]
 
-    def _sims(self, persona: Persona, items: Sequence[ItemView]) -> np.ndarray:
-        v = self._persona_vec(persona)
+    def _sims(self, v: np.ndarray, items: Sequence[ItemView]) -> np.ndarray:
         return self.embedder.embed([it.text or it.title for it in items]) @ v
 
     def predict(self, persona: Persona, items: Sequence[ItemView]) -> list[bool]:
         if not items:
             return []
-        sims = self._sims(persona, items)
         v = self._persona_vec(persona)
+        if self._ref is None and self._ref_texts:
+            self._ref = self.embedder.embed(self._ref_texts)
         cut = float(np.median(self._ref @ v)) if self._ref is not None and len(self._ref) else 0.0
-        return [bool(s > cut) for s in sims]
+        return [bool(s > cut) for s in self._sims(v, items)]
 
     def guard_score(self, persona: Persona, positives: Sequence[ItemView], negatives: Sequence[ItemView]) -> float:
         if not positives or not negatives:
             return 0.0
-        sims = self._sims(persona, list(positives) + list(negatives))
+        sims = self._sims(self._persona_vec(persona), list(positives) + list(negatives))
         pos, neg = sims[: len(positives)], sims[len(positives):]
         return float(((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean())
 

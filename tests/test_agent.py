@@ -376,3 +376,27 @@ def test_reading_a_transcript_starts_no_thread(agent):
     r = agent.chat("5", "something with starships", thread_id="fresh")  # still free for anyone
     assert r.error is None
     assert agent.transcript("fresh", "5") and agent.chat("3", "hi", thread_id="fresh").error
+
+
+def test_the_real_embedding_guard_prefers_the_text_that_names_the_evidence():
+    """The drift guard's own scorer (not a test double): a rewrite that still describes the
+    persona's evidence scores above one that drifted to another taste, and predictions split."""
+    from agent.refine import EmbeddingSimulator, ItemView
+    from memory.embeddings import HashEmbedder
+    from personas.model import Persona
+
+    emb = HashEmbedder(dim=512, seed=0)
+    space = [ItemView(str(i), t, ["Sci-Fi"], f"{t} starship aliens space battle") for i, t in
+             enumerate(["Alien", "Aliens", "Star Wars", "Starship Troopers"])]
+    weddings = [ItemView(str(10 + i), t, ["Romance"], f"{t} wedding romance bride") for i, t in
+                enumerate(["Four Weddings", "Wedding Singer", "Runaway Bride"])]
+    sim = EmbeddingSimulator(emb, [it.text for it in space + weddings])
+
+    def persona(desc):
+        return Persona(persona_id="p1", user_id="u", name="Space", description=desc, weight=1.0)
+
+    kept = persona("Starship battles with aliens in deep space.")
+    drifted = persona("Romance: a wedding, a bride and a happy end.")
+    assert sim.guard_score(kept, space, weddings) > 0.9 > 0.1 > sim.guard_score(drifted, space, weddings)
+    # accepted: closer than the median reference item (so at most half of these seven)
+    assert sim.predict(kept, weddings) == [False] * 3 and sum(sim.predict(kept, space)) >= 3
