@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.runtime import AgentConfig, AgentRuntime, FeedbackOutcome, Pending
+from agent.runtime import AgentConfig, AgentRuntime, FeedbackOutcome, Pending, PersonaConflictError
 from agent.threads import ThreadOwnershipError, ThreadRegistry
 from memory.errors import PluralError, UnknownUserError, UsageError
 from personas.model import Persona, PersonaVersion
@@ -53,6 +54,49 @@ class ChatReply(BaseModel):
     """Set when the turn could not be served; nothing was written then."""
     meta: dict = Field(default_factory=dict)
     """LLM error, fallbacks, what was written."""
+
+
+class ModelExplanation(BaseModel):
+    """A listed item's explanation written by the LLM (validated: it cites only the item's own
+    evidence) that replaces the template sentence of the reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str
+    rank: int
+    title: str
+    text: str
+
+
+class FollowUp(BaseModel):
+    """What the LLM added after a chat reply (:meth:`PluralAgent.follow_up`): only text that
+    passed validation; everything else stays as the reply's templates said."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str
+    thread_id: str
+    intent: str | None = None
+    explanations: list[ModelExplanation] = Field(default_factory=list)
+    """Model-written explanations of the reply's list (the template stands for the others)."""
+    answer: str | None = None
+    """The model's sentence on a "why" question."""
+    persona: dict | None = None
+    """After feedback: the model's refinement of the persona's text (a FeedbackOutcome as JSON)
+    when it changed the text and the drift guard accepted it."""
+    note: str | None = None
+    """One line for the person about what happened (rewrite kept or refused, nothing to add)."""
+    meta: dict = Field(default_factory=dict)
+    """Fallback counts, ``llm_error``, ``latency_ms``."""
+
+    def lines(self) -> list[str]:
+        """What to show the person, one line each (empty when the model added nothing)."""
+        out = [f"#{e.rank} {e.title}: {e.text}" for e in self.explanations]
+        if self.answer:
+            out.append(self.answer)
+        if self.note:
+            out.append(self.note)
+        return out
 
 
 class MemoryEvent(BaseModel):
@@ -87,6 +131,7 @@ class PluralAgent:
         self.engine = runtime.engine
         ddir = Path(self.engine.data_dir)
         self.threads = ThreadRegistry(ddir / "threads.sqlite")
+        self._llm_lock = threading.Lock()
         self._checkpointer = self._make_checkpointer(ddir, postgres_url or os.environ.get("PLURAL_POSTGRES_URL"))
         from agent.graph.builder import build_graph
 
@@ -143,11 +188,17 @@ class PluralAgent:
     # ---- the API -----------------------------------------------------------------------
     def recommend(self, user: str, k: int = 10, query: str | None = None, *, mode: str | None = None,
                   request: str | None = None) -> RecommendationList:
-        """Top-k for ``user``; ``query`` filters the catalog semantically, ``request`` is routed to
-        personas. The list shown is written to episodic memory."""
-        if k <= 0:
+        """Top-k for ``user`` through the chat's request path: ``request`` is read into a
+        :class:`~personas.request.Request` (genres, period, "like X", "not X"...), ``query`` adds
+        free-text content matched against the catalog. Titles the user reacted to are never
+        listed. The list shown is written to episodic memory."""
+        if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
             raise UsageError("k", k, "a positive integer")
-        out = self.runtime.recommend(user, k, request=request, query=query, mode=mode)
+        parsed, meta = self.runtime.parse_request(user, request or "")
+        if query:
+            parsed = parsed.model_copy(update={"content": " ".join(filter(None, [parsed.content, query]))})
+        out = self.runtime.recommend_request(user, parsed, k, mode)
+        out.meta["read_request"] = meta
         self.runtime.commit(str(user), Pending(events=[self.runtime.shown_event(out, None)]))
         return out
 
@@ -201,6 +252,64 @@ class PluralAgent:
                          intent=(state.get("understanding") or {}).get("intent"),
                          items=rec.get("items", []) if rec else [], answer=state.get("answer"),
                          error=state.get("error"), meta=meta)
+
+    def follow_up(self, reply: ChatReply) -> FollowUp:
+        """What the LLM adds to a reply after it was shown (``llm_prose="after"``, the default):
+        its explanations of the list, its sentence on "why", or, after feedback, its rewrite of
+        the persona (committed only while the persona is still at the version the turn left;
+        else dropped). Slow on a CPU, never on the turn's path; safe to run in a background
+        thread while the next turn is served. Without an LLM, or with ``llm_prose`` other than
+        ``after``, it returns an empty :class:`FollowUp` at once."""
+        import time
+
+        rt = self.runtime
+        out = FollowUp(user_id=reply.user_id, thread_id=reply.thread_id, intent=reply.intent)
+        if rt.backend is None or rt.config.llm_prose != "after" or reply.error:
+            return out
+        t0 = time.perf_counter()
+        with self._llm_lock:  # one generation at a time on this backend
+            try:
+                self._follow_up(reply, out)
+            except PluralError as e:
+                out.meta["llm_error"] = str(e)
+                log.warning("follow-up for user %s thread %s failed: %s", reply.user_id, reply.thread_id, e)
+        out.meta["latency_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+        return out
+
+    def _follow_up(self, reply: ChatReply, out: FollowUp) -> None:
+        rt, user = self.runtime, reply.user_id
+        if reply.intent in ("recommend", "refine") and reply.items:
+            rec = RecommendationList.model_validate({"user_id": user, "mode": rt.config.mode, "k": len(reply.items),
+                                                     "items": reply.items})
+            if rec.items and rec.items[0].persona is not None:
+                meta = rt.language.explain_list(rec, backend=rt.backend)
+                out.meta.update(fallbacks=meta.get("fallbacks"), llm_error=meta.get("llm_error"))
+                out.explanations = [ModelExplanation(item_id=r.item_id, rank=r.rank, title=r.title, text=r.explanation)
+                                    for r in rec.items if r.explanation_source == "llm"]
+        elif reply.intent == "why" and reply.answer and reply.answer.get("persona"):
+            a = reply.answer
+            ans = rt.explain_item(user, a["item_id"], a["persona"]["id"], backend=rt.backend)
+            out.meta.update(llm=ans.get("llm"))
+            if ans["explanation_source"] == "llm":
+                out.answer = ans["explanation"]
+        elif reply.intent == "feedback" and reply.answer and reply.answer.get("persona_id"):
+            a = reply.answer
+            outcome, pending = rt.refine_text(user, a["item_id"], a["reaction"], a.get("text"),
+                                              thread_id=reply.thread_id, persona_id=a["persona_id"])
+            ref = outcome.refinement or {}
+            out.meta.update(fallbacks=ref.get("fallbacks"), llm_error=ref.get("llm_error"))
+            if pending.personas:
+                try:
+                    rt.commit(user, pending)
+                except PersonaConflictError as e:
+                    out.note = f"The model's rewrite of \u201c{outcome.persona_name}\u201d came too late: {e}."
+                    return
+                out.persona = outcome.model_dump(mode="json")
+                after = outcome.persona_after or {}
+                out.note = f"I also rewrote your \u201c{after.get('name')}\u201d taste: {after.get('description')}"
+            elif ref.get("proposed"):
+                out.note = ("The model proposed a new description of that taste, but it described the titles "
+                            "you liked before less well, so I kept the current one.")
 
     def transcript(self, thread_id: str, user: str) -> list[dict]:
         """The turns of a thread (the owner only)."""

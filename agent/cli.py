@@ -7,6 +7,7 @@ user). Heavy modules are imported inside the commands that need them.
 from __future__ import annotations
 
 import json
+import time
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -78,7 +79,7 @@ def recommend(
     category: Annotated[Optional[list[str]], typer.Option("--category", help="Keep items of this category (repeatable).")] = None,
     query: Annotated[Optional[str], typer.Option("--query", "-q", help="Free-text filter: semantic search on the catalog.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="LLM-written persona text and explanations.")] = False,
-    request: Annotated[Optional[str], typer.Option("--request", "-r", help="A free-text wish, routed to the personas it activates.")] = None,
+    request: Annotated[Optional[str], typer.Option("--request", "-r", help="A wish in words (\"a scary movie from the 80s\", \"like Star Wars\"), read by the chat's rules into filters and re-scoring.")] = None,
     selection: Annotated[str, typer.Option("--selection", help="Responsible persona by attention, llm or both.")] = "attention",
     llm: LLMOpt = None, model: ModelOpt = None, base_url: BaseUrlOpt = None,
     as_json: JsonOpt = False,
@@ -88,8 +89,12 @@ def recommend(
 ) -> None:
     """Recommend items for a user; each one names the persona it comes from and its evidence.
 
-    With --explain (or --request, or --selection llm|both) an LLM writes persona text and
-    explanations: the packaged SmolLM2 on CPU unless --llm/--model/--base-url say otherwise.
+    --request reads a wish the way the chat does (genres, moods, periods, "like X", "not X"):
+    hard constraints filter, the rest re-scores, no model needed. With --explain (or
+    --selection llm|both) an LLM writes persona text and explanations: the packaged SmolLM2
+    on CPU unless --llm/--model/--base-url say otherwise. --json prints an object with
+    ``recommendations``, ``provenance`` (prompt names and hashes when an LLM wrote text) and
+    ``meta`` (fallback counts, latency).
     """
     from personas.ranking import RANKING_MODES
 
@@ -99,19 +104,42 @@ def recommend(
         raise UsageError("--mode", mode, sorted(RANKING_MODES))
     if selection not in ("attention", "llm", "both"):
         raise UsageError("--selection", selection, ["attention", "llm", "both"])
-    uses_llm = explain or request is not None or selection != "attention" or (llm not in (None, "none"))
+    uses_llm = explain or selection != "attention" or (llm not in (None, "none"))
     backend = _backend(llm, model, base_url) if uses_llm else None  # unknown names fail before any build
     engine = _open_engine(_source(dataset, data, train, test, items, columns), _config(config), data_dir, rebuild, user)
+    parsed = None
+    if request is not None:
+        from agent.request_parser import parse_request
+        from personas.request import check_categories
+
+        parsed = parse_request(request, engine.parse_context(user))
+        extra = {}
+        if category:  # --category adds to the wanted categories (ORed, like the request's own)
+            extra["wanted_categories"] = list(dict.fromkeys([*parsed.wanted_categories,
+                                                             *check_categories(engine.catalog, category)]))
+        if query and not parsed.content:
+            extra["content"] = query
+        parsed = parsed.model_copy(update=extra)
+    t0 = time.perf_counter()
     if uses_llm:
         from agent.language import LanguageConfig, LanguageLayer
 
         lang = LanguageLayer(engine, backend, LanguageConfig(selection=selection))
-        out = lang.recommend(user, k, mode, request=request, explain=explain, categories=category, query=query)
+        out = lang.recommend(user, k, mode, explain=explain, categories=category, query=query, parsed=parsed)
+    elif parsed is not None:
+        out = engine.recommend_request(user, parsed, k, mode)
     else:
         out = engine.recommend(user, k, mode, categories=category, query=query)
+    out.meta["latency_ms"] = round(1000 * (time.perf_counter() - t0), 1)
     if as_json:
-        typer.echo(json.dumps([r.model_dump(mode="json") for r in out.items], indent=2))
+        typer.echo(json.dumps({"recommendations": [r.model_dump(mode="json") for r in out.items],
+                               "provenance": out.provenance, "meta": out.meta}, indent=2, default=str))
         return
+    if parsed is not None:
+        from rich.text import Text
+
+        said = parsed.describe(engine.catalog) or "nothing the catalog can check"
+        _console().print(Text(f"Request read as: {said}" + "".join(f"; can't check {u}" for u in parsed.unsupported)))
     _print_recommendations(engine, out, explain=explain)
     if uses_llm:
         _print_llm_summary(out)

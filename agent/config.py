@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memory.errors import UsageError
 from personas.attention import AttentionConfig
+from personas.request import RequestConfig
 from personas.induction import InductionConfig
 from personas.scorers import EASEConfig, ItemKNNConfig
 
@@ -40,10 +41,12 @@ class EngineConfig(BaseModel):
     """Persona induction settings."""
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     """Attention rule and evidence count (read at query time; not part of the cache key)."""
+    request: RequestConfig = Field(default_factory=RequestConfig)
+    """How a chat request re-scores the personalised list (read at query time; not part of the cache key)."""
 
     def cache_key(self) -> str:
         """Hash of the settings that change what is built."""
-        d = self.model_dump(mode="json", exclude={"attention"})
+        d = self.model_dump(mode="json", exclude={"attention", "request"})
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     @classmethod

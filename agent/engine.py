@@ -75,7 +75,8 @@ def source_key(source: DataSource) -> tuple[str, str]:
                     break
         elif name == "synthetic":
             stamps.append(["synthetic", source.synthetic_seed])
-    payload = json.dumps({"stamps": stamps, "columns": source.columns.model_dump(), "name": name}, sort_keys=True)
+    payload = json.dumps({"stamps": stamps, "columns": source.columns.model_dump(),
+                          "item_columns": source.item_columns.model_dump(), "name": name}, sort_keys=True)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40] or "data"
     return safe, hashlib.sha1(payload.encode()).hexdigest()[:10]
 
@@ -134,6 +135,7 @@ class Engine:
         self.recommender = PersonaRecommender(catalog, self.scorer, history, self.persona_store,
                                               attention=config.attention, provenance=provenance)
         self._embedder = None
+        self._years: tuple[int | None, int | None] | None = None
         self._catalog_index = None
         self._memory_store = None
 
@@ -190,6 +192,50 @@ class Engine:
             self._embedder = make_embedder(self.config.embedder)
         return self._embedder
 
+    def request_scorer(self):
+        """The :class:`~personas.request.RequestScorer` over this catalog: hard constraints, "like X"
+        neighbours (collaborative and text), free-text content (the embedder loads on first use)."""
+        from personas.request import RequestScorer
+
+        rs = self.recommender.request_scorer
+        if rs is None or rs.text is None:
+            text = np.load(self.data_dir / "item_text.npy")
+            rs = RequestScorer(self.catalog, self.scorer.B, text, embed=lambda t: self.embedder().embed([t])[0],
+                               config=self.config.request)
+            self.recommender.request_scorer = rs
+        return rs
+
+    def parse_context(self, user_id: str | None = None, **thread):
+        """A :class:`agent.request_parser.ParseContext` over this catalog and the user's personas;
+        ``thread`` fills the thread fields (``last_list``, ``shown``, ``refused``, ``previous``,
+        ``reference``)."""
+        from agent.llm.tasks import title_index
+        from agent.request_parser import ParseContext
+
+        if self._years is None:
+            from personas.request import item_years
+
+            y = item_years(self.catalog)
+            self._years = (int(y[y > 0].min()), int(y.max())) if (y > 0).any() else (None, None)
+        personas = {}
+        if user_id is not None:
+            pset = self.recommender.persona_set(user_id)
+            personas = {p.persona_id: p.categories for p in pset.personas}
+        return ParseContext(categories=self.catalog.categories, titles=self.catalog.all_titles(),
+                            item_ids=self.catalog.item_ids, min_year=self._years[0], max_year=self._years[1],
+                            persona_categories=personas,
+                            title_index=title_index(self.catalog.all_titles()), **thread)
+
+    def recommend_request(self, user_id: str, request, k: int = 10, mode: str = "persona_calibrated", *,
+                          route_boost: float = 2.0, disliked_items: Sequence[str] | None = None) -> RecommendationList:
+        """The chat's list for a parsed :class:`~personas.request.Request`: its hard constraints
+        filter, its soft part and the user's dislikes re-score, the personas it activates are
+        boosted by ``route_boost``. Every chat surface (CLI, API, LangGraph server) and
+        ``plural eval chat`` call this one method."""
+        pset = self.recommender.persona_set(user_id)
+        focus = {pid: route_boost for pid in request.personas if pid in pset.ids} or None
+        return self.recommend(user_id, k, mode, persona_focus=focus, request=request, disliked_items=disliked_items)
+
     def catalog_titles(self) -> tuple[str, ...]:
         """Every title in the catalog (explanations may not cite titles outside their evidence)."""
         return self.catalog.all_titles()
@@ -225,14 +271,19 @@ class Engine:
     def recommend(self, user_id: str, k: int = 10, mode: str = "relevance", *,
                   categories: Sequence[str] | None = None, query: str | None = None, query_pool: int = 100,
                   persona_focus: dict[str, float] | None = None,
-                  exclude_items: Sequence[str] | None = None) -> RecommendationList:
-        """Top-k for a user; ``query`` keeps the ``query_pool`` items closest to the text."""
+                  exclude_items: Sequence[str] | None = None, request=None,
+                  disliked_items: Sequence[str] | None = None) -> RecommendationList:
+        """Top-k for a user; ``query`` keeps the ``query_pool`` items closest to the text;
+        ``request`` (a :class:`~personas.request.Request`) filters and re-scores."""
         t0 = time.perf_counter()
         candidates = None
         if query is not None:
             candidates = [iid for iid, _ in self.search_catalog(query, query_pool)]
+        if request is not None:
+            self.request_scorer()
         out = self.recommender.recommend(user_id, k, mode, categories=categories, candidate_items=candidates,
-                                         persona_focus=persona_focus, exclude_items=exclude_items)
+                                         persona_focus=persona_focus, exclude_items=exclude_items,
+                                         request=request, disliked_items=disliked_items)
         out.meta["latency_ms"] = round(1000 * (time.perf_counter() - t0), 3)
         if query is not None:
             out.provenance["query"] = query

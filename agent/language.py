@@ -43,6 +43,7 @@ from agent.llm.tasks import title_index
 from agent.llm.validated import FallbackCounter
 from personas.model import PersonaSet
 from personas.recommendation import EvidenceItem, PersonaRef, RecommendationList
+from personas.request import Request
 
 log = logging.getLogger("plural.language")
 
@@ -189,11 +190,14 @@ class LanguageLayer:
                   explain: bool = True, categories: Sequence[str] | None = None, query: str | None = None,
                   exclude_items: Sequence[str] | None = None,
                   persona_focus: dict[str, float] | None = None,
-                  routing: tuple[dict[str, float], dict] | None = None) -> RecommendationList:
+                  routing: tuple[dict[str, float], dict] | None = None,
+                  parsed: "Request | None" = None) -> RecommendationList:
         """Recommend for ``user_id`` with the LLM's help; see the module docstring.
 
         ``routing`` is a ``(persona focus, metadata)`` pair from :meth:`route` when the caller
-        routed the request already (the agent's graph does it in its own node).
+        routed the request already (the agent's graph does it in its own node). ``parsed`` is a
+        request already read into a :class:`~personas.request.Request` (the chat's and ``plural
+        recommend --request``'s path): the engine applies it and no LLM routes it.
         """
         t0 = time.perf_counter()
         meta: dict = {"llm": {"backend": getattr(self.backend, "name", "none") if self.backend else "none",
@@ -206,7 +210,7 @@ class LanguageLayer:
                 errors.append(described["llm_error"])
         focus = dict(persona_focus or {})
         request_query = False
-        if request:
+        if request and parsed is None:
             routed_focus, route_meta = routing if routing is not None else self.route(user_id, request)
             focus.update(routed_focus)
             meta["route_request"] = route_meta
@@ -214,8 +218,11 @@ class LanguageLayer:
                 errors.append(route_meta["llm_error"])
             if query is None and self.config.query_filter:
                 query, request_query = request, True
-        out = self.engine.recommend(user_id, k, mode, categories=categories, query=query,
-                                    persona_focus=focus or None, exclude_items=exclude_items)
+        if parsed is not None:
+            out = self.engine.recommend_request(user_id, parsed, k, mode, route_boost=self.config.route_boost)
+        else:
+            out = self.engine.recommend(user_id, k, mode, categories=categories, query=query,
+                                        persona_focus=focus or None, exclude_items=exclude_items)
         if request_query and len(out.items) < k:
             # the request's catalog neighbours are too few: keep the persona focus, drop the filter
             out = self.engine.recommend(user_id, k, mode, categories=categories, persona_focus=focus or None,
@@ -277,9 +284,12 @@ class LanguageLayer:
                               for j, w in pairs]
         return {**result.metadata(), **report.model_dump(exclude={"choices"}), "changed": len(changed)}
 
-    def explain_list(self, out: RecommendationList, pset: PersonaSet | None = None) -> dict:
-        """Explain every item of ``out`` in one batched call (in place); returns the task metadata."""
+    def explain_list(self, out: RecommendationList, pset: PersonaSet | None = None, *,
+                     backend: LLMBackend | None = None) -> dict:
+        """Explain every item of ``out`` in one batched call (in place) by ``backend`` (default:
+        this layer's); returns the task metadata."""
         pset = pset or self.engine.recommender.persona_set(out.user_id)
+        backend = backend or self.backend
         recs = []
         for r in out.items:
             p = pset.get(r.persona.id)
@@ -287,7 +297,7 @@ class LanguageLayer:
                                             persona_id=p.persona_id, persona_name=p.name,
                                             persona_description=p.description,
                                             evidence_titles=[e.title for e in r.evidence]))
-        result = explain_recommendations(self.backend, recs, catalog_titles=self.engine.catalog_titles())
+        result = explain_recommendations(backend, recs, catalog_titles=self.engine.catalog_titles())
         for r, ex in zip(out.items, result.items):
             if ex.source != "template":
                 r.explanation = ex.text

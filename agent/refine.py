@@ -23,6 +23,7 @@ similarity between the persona and the item (a pairwise ranking score for the gu
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import zlib
@@ -234,6 +235,13 @@ class PersonaRefiner:
         rng = np.random.default_rng(self.config.seed)
         ref = [texts[i] for i in rng.choice(len(texts), size=min(300, len(texts)), replace=False)]
         self._embedding_sim = EmbeddingSimulator(embedder, ref)
+
+    def with_backend(self, backend: LLMBackend | None) -> "PersonaRefiner":
+        """The same refiner (same settings, same embedding simulator) writing with ``backend``
+        (None: the deterministic templates and the embedding simulator only)."""
+        other = copy.copy(self)
+        other.backend = backend
+        return other
 
     def view(self, item_id: str) -> ItemView:
         it = self.catalog.get(item_id)

@@ -9,6 +9,7 @@ a memory transaction), so a turn's writes are complete or absent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,9 +19,11 @@ from agent.agent_memory import AgentMemory, MemoryConfig
 from agent.language import LanguageConfig, LanguageLayer
 from agent.llm.base import LLMBackend
 from agent.refine import Interaction, PersonaRefiner, RefineConfig
+from agent.request_reader import read_request
 from memory.errors import PluralError, UnknownItemError, UnknownUserError, UsageError
 from personas.model import PersonaSet
 from personas.recommendation import RecommendationList, template_explanation
+from personas.request import Request
 
 log = logging.getLogger("plural.agent")
 
@@ -39,10 +42,15 @@ class AgentConfig(BaseModel):
     """Items per list in chat."""
     mode: str = "persona_calibrated"
     """Ranking mode of the agent's lists."""
-    explain: bool = True
-    """Explain lists with the LLM (templates when there is none)."""
+    llm_prose: Literal["after", "inline", "off"] = "after"
+    """When the LLM writes prose in chat. ``after`` (default): a turn's reply comes from the
+    exact engine and templates, with no model on its path; the model's explanations, its
+    sentence on "why", its persona rewrite after feedback and its memory facts follow through
+    :meth:`agent.api.PluralAgent.follow_up`. ``inline``: the same work inside the turn (for a
+    fast served model: a 135M model on a CPU takes tens of seconds). ``off``: templates only."""
     intent_parser: Literal["rules", "llm"] = "rules"
-    """Who reads a chat message: the rules, or the LLM validated against the rules' fallback."""
+    """Who reads a chat message (its intent and its request): the rules, or the LLM validated
+    against the rules' fallback (the LLM is then on the turn's path: use a fast model)."""
     refine: RefineConfig = Field(default_factory=RefineConfig)
     """Test-time persona refinement."""
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
@@ -97,6 +105,11 @@ class AgentRuntime:
         self.language = LanguageLayer(engine, backend, self.config.language)
         self.memory = AgentMemory(engine.memory_store(), engine.embedder(), self.config.memory)
         self.refiner = PersonaRefiner(engine.catalog, engine.embedder(), backend, self.config.refine)
+        self._template_refiner = self.refiner.with_backend(None)
+
+    def in_turn_llm(self) -> LLMBackend | None:
+        """The backend a chat turn may call itself (``llm_prose="inline"``), else None."""
+        return self.backend if self.config.llm_prose == "inline" else None
 
     # ---- checks ------------------------------------------------------------------------
     def check_user(self, user_id: str) -> str:
@@ -121,35 +134,29 @@ class AgentRuntime:
             raise UsageError("reaction", reaction, sorted(REACTION_WORDS) + ["a rating 1-5"])
         return r  # type: ignore[return-value]
 
-    # ---- recommend ---------------------------------------------------------------------
-    def recommend(self, user_id: str, k: int | None = None, *, request: str | None = None,
-                  query: str | None = None, mode: str | None = None, like_item: str | None = None,
-                  persona_focus: dict[str, float] | None = None, exclude: list[str] | None = None,
-                  explain: bool | None = None, routing: tuple[dict, dict] | None = None) -> RecommendationList:
-        """A list for the user, excluding what they already reacted to in conversation.
+    # ---- requests (the chat's path) ----------------------------------------------------
+    def parse_request(self, user_id: str, message: str, *, last_list: Sequence[str] = (),
+                      shown: Sequence[str] = (), refused: Sequence[str] = (), previous: Request | None = None,
+                      reference: int | None = None) -> tuple[Request, dict]:
+        """The typed :class:`~personas.request.Request` a message asks for, in the context of this
+        thread, and how it was read: by the rules, or by the LLM validated against them when
+        ``intent_parser`` is ``llm`` (the rules' reading is the fallback)."""
+        ctx = self.engine.parse_context(self.check_user(user_id), last_list=list(last_list), shown=list(shown),
+                                        refused=list(refused), previous=previous, reference=reference)
+        backend = self.backend if self.config.intent_parser == "llm" else None
+        return read_request(message, ctx, backend)
 
-        ``like_item`` asks for items like one listed item: its persona is focused and the
-        catalog is narrowed to its semantic neighbours.
-        """
+    def recommend_request(self, user_id: str, request: Request, k: int | None = None,
+                          mode: str | None = None) -> RecommendationList:
+        """The list for a parsed request: :meth:`agent.engine.Engine.recommend_request`, never
+        showing what the user already reacted to in conversation, and with their conversational
+        dislikes weighing against close neighbours (as titles they rated low do)."""
         user_id = self.check_user(user_id)
-        reacted = list(self.memory.reacted_items(user_id)) + list(exclude or [])
-        explain = self.config.explain if explain is None else explain
-        focus = dict(persona_focus or {})
-        if like_item is not None:
-            like_item = self.check_item(like_item)
-            pid = self.responsible_persona(user_id, like_item)
-            if pid:
-                focus[pid] = max(focus.get(pid, 1.0), self.config.language.route_boost)
-            query = query or self.engine.catalog.get(like_item).text
-            reacted.append(like_item)
-        out = self.language.recommend(user_id, k or self.config.k, mode or self.config.mode, request=request,
-                                      explain=explain, query=query, exclude_items=reacted or None,
-                                      persona_focus=focus or None, routing=routing)
-        if like_item is not None and len(out.items) < (k or self.config.k):  # too few neighbours: focus only
-            out = self.language.recommend(user_id, k or self.config.k, mode or self.config.mode, request=request,
-                                          explain=explain, exclude_items=reacted or None,
-                                          persona_focus=focus or None, routing=routing)
-        return out
+        reacted = self.memory.reacted_items(user_id)
+        req = request.model_copy(update={"exclude_items": list(dict.fromkeys([*request.exclude_items, *reacted]))})
+        disliked = [i for i, r in reacted.items() if r == "dislike"]
+        return self.engine.recommend_request(user_id, req, k or self.config.k, mode or self.config.mode,
+                                             route_boost=self.config.language.route_boost, disliked_items=disliked)
 
     def shown_event(self, out: RecommendationList, thread_id: str | None) -> dict:
         return {"kind": "recommendation", "thread_id": thread_id,
@@ -164,8 +171,10 @@ class AgentRuntime:
         pos = self.engine.catalog.index(item_id)
         return pset.personas[int(ps.responsible([pos])[0])].persona_id
 
-    def explain_item(self, user_id: str, item_id: str, persona_id: str | None = None) -> dict:
-        """Why ``item_id`` suits the user: its persona, the attention, the evidence and a sentence."""
+    def explain_item(self, user_id: str, item_id: str, persona_id: str | None = None,
+                     backend: LLMBackend | None = None) -> dict:
+        """Why ``item_id`` suits the user: its persona, the attention, the evidence and a sentence
+        (the template's; ``backend``'s when given and its sentence passes validation)."""
         user_id, item_id = self.check_user(user_id), self.check_item(item_id)
         ps, pset = self.engine.recommender.persona_scores(user_id)
         cat = self.engine.catalog
@@ -181,10 +190,10 @@ class AgentRuntime:
               for j, w in ps.evidence(pos, r, self.engine.config.attention.evidence_per_item)]
         text = template_explanation(persona.name, [e["title"] for e in ev], float(att[r]))
         source, meta = "template", None
-        if self.backend is not None and self.config.explain:
+        if backend is not None:
             from agent.llm.tasks import RecommendationInput, explain_recommendations
 
-            res = explain_recommendations(self.backend, [RecommendationInput(
+            res = explain_recommendations(backend, [RecommendationInput(
                 item_id=item_id, title=item.title, categories=list(item.categories), persona_id=persona.persona_id,
                 persona_name=persona.name, persona_description=persona.description,
                 evidence_titles=[e["title"] for e in ev])], catalog_titles=self.engine.catalog_titles())
@@ -200,8 +209,12 @@ class AgentRuntime:
 
     # ---- feedback ----------------------------------------------------------------------
     def feedback(self, user_id: str, item_id: str, reaction: str | float | int, text: str | None = None,
-                 thread_id: str | None = None, persona_id: str | None = None) -> tuple[FeedbackOutcome, Pending]:
-        """A reaction to an item: numeric persona update and textual refinement, as pending writes."""
+                 thread_id: str | None = None, persona_id: str | None = None,
+                 use_llm: bool = True) -> tuple[FeedbackOutcome, Pending]:
+        """A reaction to an item: numeric persona update and textual refinement, as pending writes.
+
+        ``use_llm=False`` refines the text with the deterministic templates and the embedding
+        simulator (what a chat turn does; the model's rewrite follows in :meth:`refine_text`)."""
         user_id, item_id = self.check_user(user_id), self.check_item(item_id)
         r = self.check_reaction(reaction)
         text = (text or "").strip()[:500] or None
@@ -214,37 +227,73 @@ class AgentRuntime:
                                    persona_id=None), pending
         pid = persona_id if persona_id in pset.ids else self.responsible_persona(user_id, item_id)
         pending.events[0]["persona_id"] = pid
-        before = pset.get(pid)
         updated = self.refiner.numeric_update(pset, pid, item_id, r)
-        batch = [Interaction(self.refiner.view(item_id), r, text)]
+        batch = [Interaction(self.refiner.view(item_id), r, text)] + self._recent_reactions(user_id, pid, item_id)
+        refiner = self.refiner if use_llm else self._template_refiner
+        outcome, pending.personas = self._refined(refiner, pset, updated, pid, item_id, r, text, thread_id, batch)
+        return outcome, pending
+
+    def refine_text(self, user_id: str, item_id: str, reaction: str, text: str | None = None,
+                    thread_id: str | None = None, persona_id: str | None = None) -> tuple[FeedbackOutcome, Pending]:
+        """The LLM's textual refinement after a reaction that a chat turn already committed (its
+        numeric update and event are stored): the writes are the persona's new text only, valid
+        while the persona is still at the version it had (else :meth:`commit` refuses them)."""
+        user_id, item_id = self.check_user(user_id), self.check_item(item_id)
+        r = self.check_reaction(reaction)
+        item = self.engine.catalog.get(item_id)
+        pset = self.engine.persona_store.get(user_id)
+        if pset is None or persona_id not in pset.ids:
+            return FeedbackOutcome(user_id=user_id, item_id=item_id, title=item.title, reaction=r,
+                                   persona_id=None), Pending()
+        batch = self._recent_reactions(user_id, persona_id, None)
+        outcome, personas = self._refined(self.refiner, pset, pset, persona_id, item_id, r, text, thread_id, batch)
+        before, after = pset.get(persona_id), outcome.persona_after or {}
+        pending = Pending()
+        if (after.get("name"), after.get("description")) != (before.name, before.description):
+            personas["expected_versions"] = {persona_id: before.version}
+            pending.personas = personas
+        return outcome, pending
+
+    def _recent_reactions(self, user_id: str, persona_id: str, skip_item: str | None) -> list[Interaction]:
+        """The persona's latest reactions from memory, newest first (the alignment batch)."""
+        batch: list[Interaction] = []
         for ev in self.memory.feedback_events(user_id, limit=20):
-            if ev.payload.get("persona_id") == pid and ev.payload.get("item_id") != item_id:
+            if len(batch) >= self.config.refine.alignment_batch - (1 if skip_item else 0):
+                break
+            if ev.payload.get("persona_id") == persona_id and ev.payload.get("item_id") != skip_item:
                 batch.append(Interaction(self.refiner.view(ev.payload["item_id"]), ev.payload["reaction"],
                                          ev.payload.get("text")))
-            if len(batch) >= self.config.refine.alignment_batch:
-                break
-        rejected = [i for i, rr in self.memory.reacted_items(user_id).items() if rr == "dislike"]
-        if r == "dislike":
+        return batch
+
+    def _refined(self, refiner: PersonaRefiner, stored: PersonaSet, updated: PersonaSet, pid: str, item_id: str,
+                 r: str, text: str | None, thread_id: str | None,
+                 batch: list[Interaction]) -> tuple[FeedbackOutcome, dict]:
+        """Run the textual gradient on ``updated`` and describe the change against ``stored``."""
+        rejected = [i for i, rr in self.memory.reacted_items(stored.user_id).items() if rr == "dislike"]
+        if r == "dislike" and item_id not in rejected:
             rejected.append(item_id)
-        result = self.refiner.refine(updated, pid, batch, negatives=rejected)
+        result = refiner.refine(updated, pid, batch, negatives=rejected)
         final = updated.model_copy(update={"personas": [result.after if p.persona_id == pid else p
                                                         for p in updated.personas]})
+        before, after = stored.get(pid), final.get(pid)
         summary = result.summary()
         # the refiner saw the numerically updated persona: report changes against the stored one
-        summary["weight"] = {"before": before.weight, "after": final.get(pid).weight}
-        summary["evidence_added"] = [e for e in final.get(pid).evidence if e not in before.evidence]
-        fb = {"item_id": item_id, "title": item.title, "reaction": r, "text": text, "thread_id": thread_id}
-        pending.personas = {"set": final.model_dump(mode="json"), "reason": "refinement",
-                            "feedback": {**fb, "loss": result.loss, "guard": result.guard}}
-        after = final.get(pid)
-        return FeedbackOutcome(user_id=user_id, item_id=item_id, title=item.title, reaction=r, persona_id=pid,
-                               persona_name=after.name, refinement=summary,
-                               persona_before=before.model_dump(mode="json", exclude={"embedding"}),
-                               persona_after=after.model_dump(mode="json", exclude={"embedding"})), pending
+        summary["weight"] = {"before": before.weight, "after": after.weight}
+        summary["evidence_added"] = [e for e in after.evidence if e not in before.evidence]
+        title = self.engine.catalog.get(item_id).title
+        fb = {"item_id": item_id, "title": title, "reaction": r, "text": text, "thread_id": thread_id}
+        personas = {"set": final.model_dump(mode="json"), "reason": "refinement",
+                    "feedback": {**fb, "loss": result.loss, "guard": result.guard}}
+        outcome = FeedbackOutcome(user_id=stored.user_id, item_id=item_id, title=title, reaction=r, persona_id=pid,
+                                  persona_name=after.name, refinement=summary,
+                                  persona_before=before.model_dump(mode="json", exclude={"embedding"}),
+                                  persona_after=after.model_dump(mode="json", exclude={"embedding"}))
+        return outcome, personas
 
     # ---- commit ------------------------------------------------------------------------
-    def commit(self, user_id: str, pending: Pending) -> dict:
-        """Apply one turn's writes together; returns what was written."""
+    def commit(self, user_id: str, pending: Pending, backend: LLMBackend | None = None) -> dict:
+        """Apply one turn's writes together; returns what was written. Semantic memory is then
+        consolidated when enough new events arrived, by ``backend`` (templates when None)."""
         store = self.engine.persona_store
         written_personas = False
         # personas and memory are two SQLite files: the persona transaction commits only after the
@@ -255,6 +304,7 @@ class AgentRuntime:
                     new = PersonaSet.model_validate(pending.personas["set"])
                     if new.user_id != user_id:
                         raise UsageError("persona set", new.user_id, f"the personas of user {user_id!r} only")
+                    self._check_versions(user_id, pending.personas.get("expected_versions") or {})
                     store.put(new, reason=pending.personas.get("reason", "refinement"),
                               feedback=pending.personas.get("feedback"))
                     written_personas = True
@@ -271,10 +321,30 @@ class AgentRuntime:
                         raise UsageError("event kind", kind, ["chat_turn", "recommendation", "feedback"])
         consolidated = None
         try:
-            consolidated = self.memory.maybe_consolidate(user_id, self.backend)
+            consolidated = self.memory.maybe_consolidate(user_id, backend)
         except PluralError as e:  # consolidation is best effort; the turn is already committed
             log.warning("memory consolidation failed for user %s: %s", user_id, e)
         return {"events": len(pending.events), "personas": written_personas, "consolidated": consolidated}
 
+    def _check_versions(self, user_id: str, expected: dict[str, int]) -> None:
+        """Refuse writes prepared against persona versions that are no longer current."""
+        if not expected:
+            return
+        current = self.engine.persona_store.get(user_id)
+        for pid, version in expected.items():
+            now = current.get(pid).version if current is not None and pid in current.ids else None
+            if now != version:
+                raise PersonaConflictError(user_id, pid, version, now)
 
-__all__ = ["AgentConfig", "AgentRuntime", "FeedbackOutcome", "Pending", "UnknownItemError"]
+
+class PersonaConflictError(PluralError):
+    """Writes prepared against a persona version that changed meanwhile; nothing was written."""
+
+    def __init__(self, user_id: str, persona_id: str, expected: int, found: int | None):
+        super().__init__(f"persona {persona_id!r} of user {user_id!r} changed meanwhile (version {found}, "
+                         f"expected {expected}); nothing was written")
+        self.user_id, self.persona_id, self.expected, self.found = user_id, persona_id, expected, found
+
+
+__all__ = ["AgentConfig", "AgentRuntime", "FeedbackOutcome", "Pending", "PersonaConflictError",
+           "UnknownItemError"]

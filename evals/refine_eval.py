@@ -331,7 +331,7 @@ class RefineEvaluation:
         self.catalog_ids = set(self.engine.catalog.item_ids)
         self.catalog_ids_list = list(self.engine.catalog.item_ids)
         self.runtime = AgentRuntime(self.engine, self.backend,
-                                    AgentConfig(explain=False, refine=RefineConfig(seed=cfg.seed)))
+                                    AgentConfig(llm_prose="off", refine=RefineConfig(seed=cfg.seed)))
         timings["build_engine"] = round(time.perf_counter() - t, 3)
 
         ratings = self._ratings()

@@ -43,6 +43,12 @@ class Recommendation(BaseModel):
     categories: list[str] = Field(default_factory=list)
     cold_start: bool = False
     """True when the user has no positives and the list is the popularity fallback."""
+    request_match: float | None = None
+    """How well the item meets the request's soft part (free text, "like X") in [0, 1]; None
+    when the request had none. ``score`` is the personalised score; the ranking used
+    ``score + request_term`` (see :mod:`personas.request`)."""
+    request_term: float = 0.0
+    """What the request added to ``score`` for ranking (match bonus minus dislike penalty)."""
 
 
 class RecommendationList(BaseModel):

@@ -19,6 +19,7 @@ from personas.model import PersonaSet
 from personas.ranking import RankingContext, get_mode
 from personas.recommendation import (EvidenceItem, PersonaRef, Recommendation, RecommendationList,
                                      template_explanation)
+from personas.request import Request, RequestScorer
 from personas.scorers import ItemItemScorer
 from personas.store import PersonaStore
 
@@ -41,6 +42,21 @@ class PersonaRecommender:
         self.popularity = popularity if popularity is not None else history.item_popularity(len(catalog))
         self.provenance = provenance or {}
         self._user_categories_cache: dict[str, np.ndarray] = {}
+        self.request_scorer: RequestScorer | None = None
+        """Applies :class:`~personas.request.Request` objects (set by the engine, which has the
+        item text vectors); without it a request applies its hard constraints only."""
+
+    def requests(self) -> RequestScorer:
+        """The request scorer (a text-less one when none was set)."""
+        if self.request_scorer is None:
+            self.request_scorer = RequestScorer(self.catalog, self.scorer.B)
+        return self.request_scorer
+
+    def disliked(self, user_id: str, threshold: float | None = None) -> np.ndarray:
+        """Item positions the user rated at or below ``threshold`` (default: the request config's)."""
+        t = self.requests().config.dislike_threshold if threshold is None else threshold
+        items, ratings, _ = self.history.events(user_id)
+        return np.unique(items[ratings <= t])
 
     # ---- building blocks ---------------------------------------------------------------
     def persona_set(self, user_id: str) -> PersonaSet:
@@ -66,8 +82,14 @@ class PersonaRecommender:
     def context(self, user_id: str, *, categories: Sequence[str] | None = None,
                 candidate_items: Sequence[str] | None = None, persona_focus: dict[str, float] | None = None,
                 exclude_items: Sequence[str] | None = None, extra: dict | None = None,
-                ) -> tuple[RankingContext, PersonaScores, PersonaSet]:
-        """The ranking context of one user (scores, candidates, responsible personas)."""
+                request: Request | None = None, disliked_items: Sequence[str] | None = None,
+                min_candidates: int = 1) -> tuple[RankingContext, PersonaScores, PersonaSet]:
+        """The ranking context of one user (scores, candidates, responsible personas).
+
+        With a ``request``, its hard constraints narrow ``allowed`` and its soft part and the
+        user's dislikes (ratings at or below the threshold, plus ``disliked_items``) re-score;
+        ``extra["personal_scores"]`` and ``extra["request_term"]`` keep the two parts apart.
+        """
         ps, pset = self.persona_scores(user_id)
         allowed = np.ones(len(self.catalog), dtype=bool)
         allowed[self.history.seen(user_id)] = False
@@ -102,32 +124,63 @@ class PersonaRecommender:
             cat = self.catalog.category_distribution()
             per_persona = np.stack([cat[g].mean(axis=0) if len(g) else np.zeros(cat.shape[1]) for g in ps.groups])
             user_cats = weights @ per_persona
+        extra = dict(extra or {})
+        if request is not None:
+            rs = self.requests()
+            allowed &= rs.allowed(request)
+            match, pool = rs.match(request)
+            if pool is not None and int((allowed & pool).sum()) >= min_candidates:
+                allowed &= pool  # "like X" lists only X's neighbourhood while it has enough items
+            disliked = list(self.disliked(user_id))
+            if disliked_items:
+                disliked += [int(p) for p in self.catalog.indices([i for i in disliked_items if i in self.catalog])]
+            penalty = rs.dislike_penalty(disliked)
+            personal = scores
+            scores, term = rs.rescore(scores, allowed, match, penalty)
+            extra.update(personal_scores=personal, request_term=term, request_match=match)
+            if request.wanted_categories and len(pset.personas):
+                # the request decides the genres tonight: calibrated modes aim at them, not the history's mix
+                cats = self.catalog.category_distribution()
+                pos = self.history.positives(user_id)
+                pos = pos[self.catalog.items_in_categories(request.wanted_categories)[pos]]
+                sel = cats[pos] if len(pos) else cats[allowed]  # the user's own horror, else the catalog's
+                if len(sel):
+                    user_cats = sel.mean(axis=0)
+            elif request.reference_item is not None and request.reference_item in self.catalog and len(pset.personas):
+                # "like X": the genres aimed at are X's
+                user_cats = self.catalog.category_distribution()[self.catalog.index(request.reference_item)]
         ctx = RankingContext(scores=scores, allowed=allowed, responsible=responsible,
                              persona_weights=weights, contributions=contributions,
                              category_dist=self.catalog.category_distribution(),
-                             user_categories=user_cats, extra=dict(extra or {}))
+                             user_categories=user_cats, extra=extra)
         return ctx, ps, pset
 
     # ---- the entry point ---------------------------------------------------------------
     def recommend(self, user_id: str, k: int = 10, mode: str = "relevance", *,
                   categories: Sequence[str] | None = None, candidate_items: Sequence[str] | None = None,
                   persona_focus: dict[str, float] | None = None, exclude_items: Sequence[str] | None = None,
+                  request: Request | None = None, disliked_items: Sequence[str] | None = None,
                   ) -> RecommendationList:
         """Top-``k`` items for ``user_id``, each with its persona, attention, evidence and explanation.
 
         ``categories`` keeps items with at least one of them; ``candidate_items`` restricts to
         those ids (e.g. a semantic search result); ``persona_focus`` multiplies each persona's
-        contribution (request routing); ``exclude_items`` removes ids (e.g. rejected ones).
+        contribution (request routing); ``exclude_items`` removes ids (e.g. rejected ones);
+        ``request`` filters and re-scores (:mod:`personas.request`), with ``disliked_items``
+        (conversational dislikes) adding to the rated-low titles whose neighbours drop.
         """
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
             raise UsageError("k", k, "a positive integer")
         ranking = get_mode(mode)
         user_id = str(user_id)
         ctx, ps, pset = self.context(user_id, categories=categories, candidate_items=candidate_items,
-                                     persona_focus=persona_focus, exclude_items=exclude_items)
+                                     persona_focus=persona_focus, exclude_items=exclude_items, request=request,
+                                     disliked_items=disliked_items, min_candidates=k)
         provenance = {**self.provenance, "mode": mode,
                       "personas": {p.persona_id: p.version for p in pset.personas},
                       "attention_rule": self.attention_config.rule}
+        if request is not None:
+            provenance["request"] = request.model_dump(mode="json", exclude_defaults=True)
         if not pset.personas:
             return self._cold_start(user_id, k, mode, ctx, provenance)
         chosen = ranking.select(ctx, k)
@@ -137,6 +190,8 @@ class PersonaRecommender:
             att = PersonaScores(ps.persona_ids, ps.groups, ps.contributions * mult[:, None].astype(np.float32),
                                 ps.residual, ps.scorer).attention(chosen, self.attention_config)
         items = []
+        personal = ctx.extra.get("personal_scores", ctx.scores)
+        term, match = ctx.extra.get("request_term"), ctx.extra.get("request_match")
         resp = ctx.responsible[chosen]
         evidence = ps.evidence_many(chosen, resp, self.attention_config.evidence_per_item)
         for rank, (i, a, r, pairs) in enumerate(zip(chosen, att, resp, evidence), start=1):
@@ -145,7 +200,9 @@ class PersonaRecommender:
                   for j, w in pairs]
             it = self.catalog.item(int(i))
             items.append(Recommendation(
-                item_id=it.item_id, title=it.title, score=float(ctx.scores[i]), rank=rank,
+                item_id=it.item_id, title=it.title, score=float(personal[i]), rank=rank,
+                request_term=round(float(term[i]), 6) if term is not None else 0.0,
+                request_match=round(float(match[i]), 6) if match is not None else None,
                 persona=PersonaRef(id=persona.persona_id, name=persona.name),
                 attention={pid: round(float(x), 6) for pid, x in zip(pset.ids, a)},
                 evidence=ev, categories=list(it.categories),

@@ -26,7 +26,7 @@ def test_recommend_json_shape(capsys, cfg):
     code, out, err = run(capsys, "recommend", "--user", "3", "--k", "5", "--json", "--dataset", "synthetic",
                          "--config", cfg)
     assert code == 0, err
-    recs = json.loads(out)
+    recs = json.loads(out)["recommendations"]
     assert [r["rank"] for r in recs] == [1, 2, 3, 4, 5]
     for r in recs:
         assert {"item_id", "title", "score", "rank", "persona", "attention", "evidence", "explanation"} <= set(r)
@@ -93,7 +93,7 @@ def test_cold_start_user_gets_flagged_popularity(capsys, tmp_path, cfg):
     code, out, err = run(capsys, "recommend", "--user", "grumpy", "--json", "--k", "3", "--data",
                          str(tmp_path / "events.csv"), "--items", str(tmp_path / "items.csv"), "--config", cfg)
     assert code == 0, err
-    recs = json.loads(out)
+    recs = json.loads(out)["recommendations"]
     assert all(r["cold_start"] for r in recs) and recs[0]["item_id"] != "a" and recs[0]["persona"] is None
 
 
@@ -101,7 +101,7 @@ def test_query_filter(capsys, cfg):
     code, out, err = run(capsys, "recommend", "--user", "4", "--json", "--query", "haunted ghost curse",
                          "--dataset", "synthetic", "--config", cfg)
     assert code == 0, err
-    assert sum("Horror" in r.get("categories", []) for r in json.loads(out)) >= 7
+    assert sum("Horror" in r.get("categories", []) for r in json.loads(out)["recommendations"]) >= 7
 
 
 def test_personas_and_data_info(capsys, cfg):

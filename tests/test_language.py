@@ -105,7 +105,7 @@ def test_cli_explain_with_no_llm_and_unknown_backend(capsys, tmp_path):
                  "--dataset", "synthetic", "--config", str(cfg)])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert all(r["explanation_source"] == "template" for r in json.loads(out.out))
+    assert all(r["explanation_source"] == "template" for r in json.loads(out.out)["recommendations"])
     code = main(["recommend", "--user", "2", "--explain", "--llm", "gpt5", "--dataset", "synthetic",
                  "--config", str(cfg)])
     err = capsys.readouterr().err

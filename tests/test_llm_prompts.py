@@ -27,6 +27,8 @@ REQUIRED = {
 PERSONA = {"label": "Noir (p1)", "description": "Dark crime films."}
 SAMPLE_VARS = {
     "understand_message": {"message": "not that one, too violent", "list_length": 5},
+    "read_request": {"message": "a scary movie from the 80s, not Alien", "categories": ["Horror", "Comedy"],
+                     "list_length": 0},
     "describe_persona": {
         "titles": ["Heat (1995)"],
         "categories": {"Crime": 100},

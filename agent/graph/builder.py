@@ -23,6 +23,7 @@ from agent.graph.intent import understand
 from agent.runtime import AgentRuntime, Pending
 from memory.errors import PluralError
 from personas.recommendation import RecommendationList
+from personas.request import Request
 
 log = logging.getLogger("plural.graph")
 
@@ -53,6 +54,14 @@ class AgentState(TypedDict, total=False):
     """What the agent says."""
     transcript: Annotated[list[dict], operator.add]
     """Every turn of the thread: {role, content}."""
+    request: dict | None
+    """This turn's parsed request (a personas.request.Request as JSON)."""
+    last_request: dict | None
+    """The thread's last request ("more" repeats it); kept across turns."""
+    shown: list[str]
+    """Every item id shown in this thread (follow-ups show new titles); kept across turns."""
+    refused: list[str]
+    """Item ids the person refused in this thread: never shown again in it; kept across turns."""
     pending: dict
     """Writes of this turn (applied by write_memory)."""
     committed: dict
@@ -78,7 +87,7 @@ def build_graph(runtime: AgentRuntime, checkpointer=None):
 
     def understand_node(state: AgentState) -> dict:
         msg = (state.get("message") or "").strip()
-        reset = {"recommendation": None, "answer": None, "error": None, "routing": {}, "recalled": [],
+        reset = {"recommendation": None, "answer": None, "error": None, "routing": {}, "recalled": [], "request": None,
                  "pending": {}, "committed": {}, "meta": {}}
         if not msg:
             return {**reset, "understanding": {"intent": "none"},
@@ -105,41 +114,45 @@ def build_graph(runtime: AgentRuntime, checkpointer=None):
 
     def route_node(state: AgentState) -> dict:
         u = state["understanding"]
-        routing: dict[str, Any] = {"persona_focus": {}, "like_item": None}
-        item = _item_at(state, u.get("reference"))
-        if u["intent"] == "refine" and item is not None:
-            routing["like_item"] = item["item_id"]
-        request = u.get("request") or state["message"]
-        if u["intent"] == "refine" and item is not None and len(request.split()) <= 6:
-            request = None  # "more like the second one" says nothing beyond the item itself
-        if request:
-            focus, meta = runtime.language.route(state["user_id"], request)
-            routing.update(persona_focus=focus, request=request, route_meta=meta)
-        return {"routing": routing}
+        results = state.get("results") or []
+        previous = Request.model_validate(state["last_request"]) if state.get("last_request") else None
+        thread = {"shown": state.get("shown") or [], "refused": state.get("refused") or []}
+        request, meta = runtime.parse_request(state["user_id"], state["message"],
+                                              last_list=[x["item_id"] for x in results], previous=previous,
+                                              reference=u.get("reference"), **thread)
+        if u["intent"] == "refine" and previous and not request.has_constraints():
+            # "something else", "other ones": the previous request again, on titles not shown yet
+            again, _ = runtime.parse_request(state["user_id"], "more", previous=previous, **thread)
+            request = again.model_copy(update={"text": request.text})
+        routing = {"persona_focus": {pid: runtime.config.language.route_boost for pid in request.personas},
+                   "like_item": request.reference_item, "request": request.text,
+                   "route_meta": {**meta, "persona_ids": request.personas}}
+        out = {"routing": routing, "request": request.model_dump(mode="json")}
+        if meta.get("llm_error"):
+            out["meta"] = {**(state.get("meta") or {}), "llm_error": meta["llm_error"]}
+        return out
 
     def rank_node(state: AgentState) -> dict:
-        r = state.get("routing") or {}
-        route_pair = (r.get("persona_focus") or {}, r.get("route_meta") or {}) if r.get("request") else None
-        shown = [x["item_id"] for x in state.get("results") or []] if state["understanding"]["intent"] == "refine" \
-            else []
-        # a refinement shows new items: what this thread just listed is excluded
-        out = runtime.recommend(state["user_id"], like_item=r.get("like_item"), request=r.get("request"),
-                                exclude=shown, explain=False, routing=route_pair)
-        return {"recommendation": out.model_dump(mode="json")}
+        request = Request.model_validate(state["request"])
+        out = runtime.recommend_request(state["user_id"], request)
+        shown = list(dict.fromkeys([*(state.get("shown") or []), *(r.item_id for r in out.items)]))
+        return {"recommendation": out.model_dump(mode="json"), "shown": shown,
+                "last_request": request.model_dump(mode="json")}
 
     def explain_node(state: AgentState) -> dict:
         u = state["understanding"]
+        llm = runtime.in_turn_llm()
         if u["intent"] == "why":
             item = _item_at(state, u.get("reference"))
             if item is None:
                 n = len(state.get("results") or [])
                 return {"error": f"There is no item {u.get('reference')} in the last list ({n} items)." if n else
                         "I have not recommended anything in this conversation yet; ask for something first."}
-            ans = runtime.explain_item(state["user_id"], item["item_id"], item.get("persona_id"))
+            ans = runtime.explain_item(state["user_id"], item["item_id"], item.get("persona_id"), backend=llm)
             return {"answer": {"kind": "why", "position": u.get("reference"), **ans}, "focus": u.get("reference")}
         out = RecommendationList.model_validate(state["recommendation"])
-        if runtime.config.explain and out.items and not out.cold_start:
-            meta = runtime.language.explain_list(out)
+        if llm is not None and out.items and not out.cold_start:
+            meta = runtime.language.explain_list(out, backend=llm)
             out.meta["explain_recommendations"] = meta
             if meta.get("llm_error"):
                 out.meta["llm_error"] = out.meta.get("llm_error") or meta["llm_error"]
@@ -156,9 +169,13 @@ def build_graph(runtime: AgentRuntime, checkpointer=None):
                     "Tell me which recommendation you mean once I have shown you some."}
         outcome, pending = runtime.feedback(state["user_id"], item["item_id"], u.get("reaction") or "like",
                                             text=state["message"], thread_id=state.get("thread_id"),
-                                            persona_id=item.get("persona_id"))
-        return {"answer": {"kind": "feedback", "position": u.get("reference"), **outcome.model_dump(mode="json")},
-                "pending": pending.to_dict(), "focus": u.get("reference")}
+                                            persona_id=item.get("persona_id"),
+                                            use_llm=runtime.in_turn_llm() is not None)
+        update = {"answer": {"kind": "feedback", "position": u.get("reference"), **outcome.model_dump(mode="json")},
+                  "pending": pending.to_dict(), "focus": u.get("reference")}
+        if outcome.reaction == "dislike":  # a refusal: never shown again in this thread
+            update["refused"] = list(dict.fromkeys([*(state.get("refused") or []), item["item_id"]]))
+        return update
 
     def respond_node(state: AgentState) -> dict:
         text, update = _compose(runtime, state)
@@ -179,7 +196,7 @@ def build_graph(runtime: AgentRuntime, checkpointer=None):
         pending = Pending.from_dict(state.get("pending"))
         if not pending.events and not pending.personas:
             return {"committed": {"events": 0, "personas": False}}
-        committed = runtime.commit(state["user_id"], pending)
+        committed = runtime.commit(state["user_id"], pending, backend=runtime.in_turn_llm())
         return {"committed": committed, "pending": {}}
 
     def after_recall(state: AgentState) -> str:
@@ -231,20 +248,32 @@ def _compose(runtime: AgentRuntime, state: AgentState) -> tuple[str, dict]:
     intent = u["intent"]
     if intent in ("recommend", "refine"):
         out = RecommendationList.model_validate(state["recommendation"])
+        request = Request.model_validate(state["request"]) if state.get("request") else Request()
+        cat = runtime.engine.catalog
+        asked = request.describe(cat)
+        notes = [f"I can't check {u} here, so I left that out." for u in request.unsupported]
         if not out.items:
-            return ("I found nothing new for that request. Try asking differently, or for something broader.",
-                    {"results": [], "focus": None})
-        routed = (state.get("routing") or {}).get("persona_focus") or {}
+            lines = [f"Nothing I haven't shown you matches that ({asked})." if asked else
+                     "I found nothing new for that request.",
+                     "Try something broader, e.g. a genre without the period.", *notes]
+            return "\n".join(lines), {"results": [], "focus": None}
         pset = runtime.engine.recommender.persona_set(state["user_id"])
-        names = [pset.get(pid).name for pid in routed if pid in pset.ids]
+        names = [pset.get(pid).name for pid in request.personas if pid in pset.ids]
         head = "Here are some picks" if intent == "recommend" else "Here is a new set"
+        if asked:
+            head += f" ({asked})"
         if names:
             head += " for your " + " and ".join(f"\u201c{n}\u201d" for n in names) + " side"
         if out.cold_start:
-            head = "I don't know your tastes yet, so here are popular picks"
+            head = "I don't know your tastes yet, so here are popular picks" + (f" ({asked})" if asked else "")
         lines = [head + ":"]
         for r in out.items:
-            lines.append(f"{r.rank}. {r.title} \u2014 {r.explanation}")
+            cats = f" [{', '.join(r.categories)}]" if r.categories else ""
+            lines.append(f"{r.rank}. {r.title}{cats} \u2014 {r.explanation}")
+        if len(out.items) < out.k:
+            lines.append(f"Only {len(out.items)} title{'s' if len(out.items) != 1 else ''} you haven't seen "
+                         f"match{'es' if len(out.items) == 1 else ''} all of that.")
+        lines += notes
         lines.append("Tell me what you think (\"not that one\", \"more like the second\", \"why the third?\").")
         results = [{"item_id": r.item_id, "title": r.title, "persona_id": r.persona.id if r.persona else None,
                     "persona_name": r.persona.name if r.persona else None} for r in out.items]
@@ -274,13 +303,11 @@ def _compose(runtime: AgentRuntime, state: AgentState) -> tuple[str, dict]:
             parts.append(f"Its weight went from {round(100 * w0)}% to {round(100 * w1)}%.")
         if ref.get("evidence_added"):
             parts.append("I added the title to its evidence.")
-        guard = ref.get("guard") or {}
         if (before["name"], before["description"]) != (after["name"], after["description"]):
-            parts.append(f"I rewrote it as \u201c{after['name']}\u201d: {after['description']} "
-                         f"(why: {ref.get('loss')}; drift check {guard.get('old')} \u2192 {guard.get('new')}).")
+            parts.append(f"I rewrote it as \u201c{after['name']}\u201d: {after['description']}")
         elif ref.get("proposed"):
-            parts.append(f"A rewrite was proposed but kept out: it described your past picks less well "
-                         f"(drift check {guard.get('old')} \u2192 {guard.get('new')}).")
+            parts.append("I considered rewriting its description but kept the old one: the new text described "
+                         "the titles you liked before less well.")
         elif ref.get("loss_source") == "aligned":
             parts.append("Its description already predicted that reaction, so the text stays.")
         return " ".join(parts), {}
