@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.llm.base import LLMBackend, SamplingConfig
+from agent.llm.claims import ClaimFacts, check_claims, check_genres, without_titles
 from agent.llm.tasks import _check_prose, _foreign_titles, _is_title, _mentions, _names_category, _only_titles
 from agent.llm.validated import FallbackCounter, Job, Rejected, run_validated
 from personas.model import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, Persona, PersonaSet, utcnow
@@ -373,6 +374,8 @@ class PersonaRefiner:
         user_words = [b.text for b in batch if b.text]
         others = {p.name.lower() for p in pset.personas if p.persona_id != persona.persona_id}
         known = self.catalog.all_titles()
+        # genres the text may claim: the persona's, and those of the titles it reacted to
+        tastes = set(persona.categories) | {c for b in batch for c in b.item.categories}
 
         def valid(name: str, desc: str) -> tuple[str, str]:
             name, desc = " ".join(name.split()), " ".join(desc.split())
@@ -398,6 +401,10 @@ class PersonaRefiner:
                     raise Rejected("copied_input", "the description copies the user's message")
             if not (_mentions(desc, allowed) or _names_category(desc, persona.categories)):
                 raise Rejected("ungrounded", "the description names none of the persona's titles or categories")
+            facts = ClaimFacts(titles=allowed, categories=tastes, tastes=tastes, names=[name, persona.name],
+                               known_categories=self.catalog.categories)
+            check_claims(desc, facts)
+            check_genres(without_titles(name, allowed), facts)
             return name, desc
 
         if self.backend is not None:

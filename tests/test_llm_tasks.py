@@ -32,6 +32,7 @@ PERSONAS = [
         evidence_titles=["Star Wars (1977)", "Alien (1979)", "Blade Runner (1982)"],
         categories={"Sci-Fi": 0.7, "Action": 0.3},
         weight=0.6,
+        evidence_categories=["Action", "Adventure", "Horror", "Sci-Fi", "Thriller"],  # as MovieLens tags them
     ),
     PersonaInput(
         persona_id="p2",
@@ -127,8 +128,9 @@ def test_catalog_titles_extend_the_hallucination_check():
         ScriptedLLM([text, text, GOOD_2]), RECS[:1], catalog_titles=["Predator (1987)"]
     )
     assert res.items[0].fallback_reason == "foreign_title"
-    res = explain_recommendations(ScriptedLLM([text]), RECS[:1])
-    assert res.items[0].source == "llm"  # unknown to the check without the catalog
+    res = explain_recommendations(ScriptedLLM([text, text]), RECS[:1])
+    # without the catalog, "Predator" is still no title of the evidence, nor a genre or a taste
+    assert res.items[0].fallback_reason == "unknown_name"
 
 
 @pytest.mark.parametrize(
@@ -379,10 +381,10 @@ def test_llm_persona_writer_falls_back_to_the_induction_template():
         ),
         PersonaDraft("p2", ["Clueless (1995)"], {"Comedy": 1.0}, weight=0.4, n_items=1),
     ]
-    good = '{"name": "Space Sagas", "description": "Epic space adventures, like Alien and Star Wars."}'
+    good = '{"name": "Space Sagas", "description": "Epic space battles, like Alien and Star Wars."}'
     writer = LLMPersonaWriter(ScriptedLLM([good, "not json", "still not json"]))
     texts = writer.write("u1", drafts)
-    assert texts[0] == ("Space Sagas", "Epic space adventures, like Alien and Star Wars.")
+    assert texts[0] == ("Space Sagas", "Epic space battles, like Alien and Star Wars.")
     assert texts[1] == TemplatePersonaWriter().write("u1", drafts)[1]
     assert writer.text_source("u1") == ["llm", "template"]
     assert writer.fallbacks.fallbacks == {"invalid_json": 1}

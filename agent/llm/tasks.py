@@ -34,6 +34,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.llm.base import LLMBackend, SamplingConfig
+from agent.llm.claims import (ClaimFacts, check_claims, check_genres, check_years, genres_named, title_year,
+                              without_titles)
 from agent.llm.validated import (
     FallbackCounter,
     Job,
@@ -79,10 +81,13 @@ class PersonaInput(BaseModel):
     """Category -> share of the evidence (0..1)."""
     weight: float | None = None
     """Share of the user's taste; breaks ties in template choices."""
+    evidence_categories: list[str] = Field(default_factory=list)
+    """Categories of the evidence titles (a description may call the taste by these genres)."""
 
     @classmethod
-    def from_persona(cls, persona: Any, titles: Sequence[str]) -> PersonaInput:
-        """From a ``personas.model.Persona`` and the titles of its evidence items."""
+    def from_persona(cls, persona: Any, titles: Sequence[str],
+                     evidence_categories: Sequence[str] = ()) -> PersonaInput:
+        """From a ``personas.model.Persona``, the titles of its evidence items and their categories."""
         return cls(
             persona_id=persona.persona_id,
             name=persona.name,
@@ -90,6 +95,7 @@ class PersonaInput(BaseModel):
             evidence_titles=list(titles),
             categories=dict(persona.categories),
             weight=persona.weight,
+            evidence_categories=sorted(set(evidence_categories)),
         )
 
     def label(self) -> str:
@@ -124,6 +130,11 @@ class RecommendationInput(BaseModel):
     persona_description: str = ""
     evidence_titles: list[str] = Field(default_factory=list)
     """Titles from the user's history that support this item (the only titles it may cite)."""
+    evidence_categories: list[str] = Field(default_factory=list)
+    """Categories of the evidence titles (a sentence may call them by these genres)."""
+    user_tastes: list[str] = Field(default_factory=list)
+    """Categories of the user's personas (the only tastes a sentence may credit the user with;
+    empty: the persona's own categories, read from its name)."""
 
 
 # -- outputs --------------------------------------------------------------------------------
@@ -532,6 +543,7 @@ def describe_personas(
     *,
     sampling: SamplingConfig | None = None,
     max_description_chars: int = MAX_DESCRIPTION_CHARS,
+    catalog_categories: Sequence[str] | None = None,
 ) -> TaskResult[PersonaText]:
     """Name and describe each persona of one user from its evidence (one batched call).
 
@@ -581,6 +593,12 @@ def describe_personas(
             if not (_mentions(desc, p.evidence_titles) or _names_category(desc, p.categories)):
                 # grounding: a description must rest on this taste's titles or categories
                 raise Rejected("ungrounded", "the description names none of this taste's titles or categories")
+            cats = {c for c, share in p.categories.items() if share > 0} | set(p.evidence_categories)
+            facts = ClaimFacts(titles=p.evidence_titles, categories=cats, tastes=cats, names=[name],
+                               known_categories=catalog_categories)
+            check_claims(desc, facts)
+            check_years(name, facts)  # a name is free to be creative, not to claim other genres or years
+            check_genres(without_titles(name, p.evidence_titles), facts)
             return _DescribeOut(name=name, description=desc)
 
         variables = {
@@ -897,6 +915,7 @@ def explain_recommendations(
     items_per_request: int = 1,
     max_chars: int = MAX_EXPLANATION_CHARS,
     catalog_titles: Sequence[str] = (),
+    catalog_categories: Sequence[str] | None = None,
     sampling: SamplingConfig | None = None,
 ) -> TaskResult[Explanation]:
     """One explanation per recommendation, from its persona and evidence, in one batched call.
@@ -916,6 +935,8 @@ def explain_recommendations(
         'Recommended for your “Noir” taste, because you enjoyed Se7en (1995).'
     """
     task, prompt = "explain_recommendations", load_prompt("explain_recommendations")
+    newest = max((y for t in catalog_titles if (y := title_year(t)) is not None), default=None)
+    lexicon = ClaimFacts(known_categories=catalog_categories).lexicon()
     if items_per_request < 1:
         raise UsageError("items_per_request", items_per_request, "1 or more")
     recs = list(recommendations)
@@ -996,6 +1017,11 @@ def explain_recommendations(
                     raise Rejected(
                         "foreign_title", f"item {k} mentions {foreign[0]!r}, which is not in its evidence"
                     )
+                tastes = set(r.user_tastes) or {c for c, _ in genres_named(r.persona_name, lexicon)}
+                check_claims(text, ClaimFacts(titles=[r.title, *r.evidence_titles],
+                                              categories={*r.categories, *r.evidence_categories},
+                                              tastes=tastes, names=[r.persona_name], newest_year=newest,
+                                              item_title=r.title, known_categories=catalog_categories))
                 ex.explanation = text
                 ex.cited_titles = list(dict.fromkeys(ex.cited_titles))
             return out.explanations
