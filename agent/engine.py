@@ -37,7 +37,7 @@ from personas.recommendation import RecommendationList
 from personas.recommender import PersonaRecommender
 from personas.scorers import load_scorer, make_scorer
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def _file_stamp(path: Path) -> list:

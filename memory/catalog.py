@@ -135,7 +135,8 @@ class Catalog:
         unknown = [c for c in wanted if c not in known]
         if unknown:
             raise UsageError("category", unknown[0], self.categories)
-        return np.array([any(c.lower() in wanted for c in it.categories) for it in self._items], dtype=bool)
+        cols = [self._cat_pos[known[c]] for c in wanted]
+        return (self.category_distribution()[:, cols] > 0).any(axis=1) if cols else np.zeros(len(self), dtype=bool)
 
     def to_records(self) -> list[dict]:
         return [it.model_dump() for it in self._items]

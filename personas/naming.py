@@ -61,48 +61,98 @@ def _strip_year(title: str) -> str:
     return f"{m.group(2)} {m.group(1)}".replace("L' ", "L'") if m else t
 
 
-class TemplatePersonaWriter(PersonaWriter):
-    """Deterministic names ("Sci-Fi & Action") and descriptions citing representative titles."""
+def _median_year(titles: Sequence[str]) -> int | None:
+    years = [int(m.group(1)) for t in titles if (m := _YEAR.search(t))]
+    return int(np.median(years)) if years else None
 
-    def __init__(self, max_categories: int = 2, n_titles: int = 3):
+
+def _era(year: int | None) -> str | None:
+    """A persona's era as a name prefix: "1990s", "1980s"..., "Classic" before 1970."""
+    if year is None:
+        return None
+    return "Classic" if year < 1970 else f"{year // 10 * 10}s"
+
+
+class TemplatePersonaWriter(PersonaWriter):
+    """Deterministic names ("Sci-Fi & Action") and descriptions citing representative titles.
+
+    Names are unique within a user and say what sets each persona apart. Two personas that
+    share their main categories are told apart, in this order, by the category one holds
+    clearly more of (at least ``distinct_margin`` more of its titles than its namesakes:
+    "Drama, Comedy & Romance"), then by their era ("1990s Drama & Comedy" / "Classic Drama &
+    Comedy"), and only then by a quoted representative title ('Drama & Comedy (“Big Night”)').
+    """
+
+    def __init__(self, max_categories: int = 2, n_titles: int = 3, min_share: float = 0.12,
+                 distinct_margin: float = 0.05):
         self.max_categories, self.n_titles = max_categories, n_titles
+        self.min_share, self.distinct_margin = min_share, distinct_margin
 
     def _ranked_categories(self, d: PersonaDraft) -> list[str]:
         # share x sqrt(lift): what is both frequent here and more frequent here than elsewhere
         scored = {g: s * np.sqrt(d.lift.get(g, 1.0)) for g, s in d.category_shares.items() if s > 0}
         return [g for g, _ in sorted(scored.items(), key=lambda kv: (-kv[1], kv[0]))]
 
+    def _base_name(self, d: PersonaDraft, cats: list[str]) -> list[str]:
+        return [g for g in cats if d.category_shares.get(g, 0) >= self.min_share][: self.max_categories] or cats[:1]
+
+    def names(self, drafts: Sequence[PersonaDraft]) -> list[str]:
+        """One distinct name per draft (see the class docstring)."""
+        ranked = [self._ranked_categories(d) for d in drafts]
+        parts = [self._base_name(d, cats) for d, cats in zip(drafts, ranked)]
+        eras: list[str | None] = [None] * len(drafts)
+        hints: list[str | None] = [None] * len(drafts)
+
+        def render(k: int) -> str:
+            cats = parts[k]
+            base = " & ".join(cats) if len(cats) < 3 else f"{', '.join(cats[:-1])} & {cats[-1]}"
+            base = base or "Eclectic"
+            if eras[k]:
+                base = f"{eras[k]} {base}"
+            if hints[k]:
+                base = f"{base} (\u201c{hints[k]}\u201d)"
+            return base[:80]
+
+        def duplicates() -> list[list[int]]:
+            groups: dict[str, list[int]] = {}
+            for k in range(len(drafts)):
+                groups.setdefault(render(k).lower(), []).append(k)
+            return [g for g in groups.values() if len(g) > 1]
+
+        for group in duplicates():  # 1. a category this persona holds clearly more of
+            for k in group:
+                mates = [j for j in group if j != k]
+                d = drafts[k]
+                margins = {g: d.category_shares.get(g, 0) - max(drafts[j].category_shares.get(g, 0) for j in mates)
+                           for g in ranked[k] if g not in parts[k]}
+                best = max(margins, key=lambda g: (margins[g], g), default=None)
+                if best is not None and margins[best] >= self.distinct_margin and len(parts[k]) < 3:
+                    parts[k] = [*parts[k], best]
+        for group in duplicates():  # 2. the era, when theirs differ
+            labels = {k: _era(_median_year(drafts[k].titles)) for k in group}
+            if len(set(labels.values())) > 1:
+                for k in group:
+                    eras[k] = labels[k]
+        for group in duplicates():  # 3. a representative title, quoted so it reads as one
+            used: set[str] = set()
+            for k in group:
+                title = next((t for t in (_strip_year(x) for x in drafts[k].titles) if t not in used), None)
+                if title:
+                    hints[k] = title
+                    used.add(title)
+        return [render(k) for k in range(len(drafts))]
+
     def write(self, user_id: str, drafts: Sequence[PersonaDraft]) -> list[tuple[str, str]]:
         ranked = [self._ranked_categories(d) for d in drafts]
-        names: list[str] = []
-        for d, cats in zip(drafts, ranked):
-            top = [g for g in cats if d.category_shares.get(g, 0) >= 0.12][: self.max_categories] or cats[:1]
-            names.append(" & ".join(top) if top else "Eclectic")
-        # make names unique within the user: a third category only when it is a real part of
-        # this persona (>= 12% of it) and not of its namesakes, else a representative title
-        for _ in range(2):
-            dup = {n for n, c in Counter(names).items() if c > 1}
-            if not dup:
-                break
-            for k, (d, cats) in enumerate(zip(drafts, ranked)):
-                if names[k] not in dup:
-                    continue
-                mates = [j for j in range(len(drafts)) if j != k and names[j] == names[k]]
-                used = names[k].split(" & ")
-                extra = [g for g in cats if g not in used and d.category_shares.get(g, 0) >= 0.12
-                         and all(drafts[j].category_shares.get(g, 0) < d.category_shares[g] for j in mates)]
-                if extra and names[k].count("&") < 2:
-                    names[k] = f"{names[k]} & {extra[0]}"
-                elif d.titles:
-                    names[k] = f"{names[k]} (like {_strip_year(d.titles[0])})"[:80]
+        names = self.names(drafts)
         out = []
         for d, name, cats in zip(drafts, names, ranked):
-            main = [g for g in cats if d.category_shares.get(g, 0) >= 0.12][:3] or cats[:1]
+            main = [g for g in cats if d.category_shares.get(g, 0) >= self.min_share][:3] or cats[:1]
             share = sum(d.category_shares.get(g, 0) for g in main)
-            titles = [_strip_year(t) for t in d.titles[: self.n_titles]]
+            titles = list(dict.fromkeys(_strip_year(t) for t in d.titles))[: self.n_titles]
             era = _decade(d.titles)
-            parts = [f"Enjoys {', '.join(main[:-1]) + ' and ' + main[-1] if len(main) > 1 else (main[0] if main else 'varied')} "
-                     f"titles ({round(100 * share)}% of the {d.n_items} titles behind this taste)"]
+            genres = ", ".join(main[:-1]) + " and " + main[-1] if len(main) > 1 else (main[0] if main else "varied")
+            parts = [f"Enjoys {genres} titles ({round(100 * share)}% of the {d.n_items} titles behind this taste)"]
             if era:
                 parts[0] += f", mostly from {era}"
             if titles:
