@@ -16,6 +16,7 @@ memory. Writes of one agent turn go through :meth:`AgentMemory.transaction`: all
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,12 +57,53 @@ class _Facts(BaseModel):
     facts: list[_Fact]
 
 
+_NEGATIVE = re.compile(r"\b(reject\w*|dislike\w*|hate\w*|did ?n[o']?t (?:like|enjoy)|turn\w* down|refus\w*|"
+                       r"skip\w*|not (?:a fan|interested))\b", re.I)
+_POSITIVE = re.compile(r"\b(lik(?:e|es|ed)|lov(?:e|es|ed)|enjoy\w*|adore\w*|accept\w*|fan of)\b", re.I)
+
+
+def check_fact(text: str, cited: Sequence[MemoryRecord], catalog_titles: Sequence[str] = ()) -> None:
+    """A consolidated fact must be true of the events it cites: every title it names is one of
+    theirs (with that title's year), and a title it says was rejected (liked) was rejected
+    (liked) in them. Raises :class:`Rejected` (``unsupported_fact``) otherwise."""
+    from agent.llm.claims import title_year
+    from agent.llm.tasks import title_index
+
+    reactions: dict[str, set[str]] = {}
+    for e in cited:
+        t = e.payload.get("title")
+        if t:
+            reactions.setdefault(t, set()).add(e.payload.get("reaction") or "")
+        for it in e.payload.get("items") or []:  # a list shown
+            reactions.setdefault(it.get("title", ""), set())
+    known = tuple(dict.fromkeys([*catalog_titles, *reactions]))
+    named = [title_index(known).titles[pos] for pos, _ in title_index(known).find(text)] if known else []
+    for title in named:
+        if title not in reactions:
+            raise Rejected("unsupported_fact", f"the fact names {title!r}, which none of its cited events is about")
+    years = {y for t in named if (y := title_year(t)) is not None}
+    for m in re.finditer(r"(?<!\d)(1[89]\d\d|20\d\d)(?!\d)", text):
+        if int(m.group(1)) not in years:
+            raise Rejected("unsupported_fact", f"the fact says {m.group(1)}, the year of none of the titles it names")
+    negative, positive = bool(_NEGATIVE.search(text)), bool(_POSITIVE.search(_NEGATIVE.sub(" ", text)))
+    for title in named:
+        got = reactions[title]
+        if negative and not positive and "dislike" not in got:
+            raise Rejected("unsupported_fact", f"the fact says {title!r} was rejected; the cited events say "
+                                               f"{sorted(got - {''}) or 'it was only shown'}")
+        if positive and not negative and "like" not in got:
+            raise Rejected("unsupported_fact", f"the fact says {title!r} was liked; the cited events say "
+                                               f"{sorted(got - {''}) or 'it was only shown'}")
+
+
 class AgentMemory:
     """Episodic and semantic memory of users (see the module docstring)."""
 
-    def __init__(self, store, embedder, config: MemoryConfig | None = None):
+    def __init__(self, store, embedder, config: MemoryConfig | None = None, catalog_titles: Sequence[str] = ()):
         self.store = store
         self.config = config or MemoryConfig()
+        self.catalog_titles = tuple(catalog_titles)
+        """Every title of the catalog: a fact may name only the titles of the events it cites."""
         self.episodic = EpisodicMemory(store, embedder)
         self.semantic = SemanticMemory(store, embedder)
 
@@ -70,23 +112,46 @@ class AgentMemory:
         return self.store.transaction()
 
     # ---- episodic writes ---------------------------------------------------------------
+    @staticmethod
+    def turn_record(thread_id: str, role: str, text: str) -> MemoryRecord:
+        """A chat turn. Its text is what recall embeds and compares: the opening of a long
+        reply says what it was about (the whole reply stays in the thread's transcript)."""
+        body = f"{role}: {text}"
+        return MemoryRecord(kind="chat_turn", text=body if len(body) <= 300 else body[:297] + "...",
+                            payload={"thread_id": thread_id, "role": role})
+
+    @staticmethod
+    def shown_record(thread_id: str | None, items: Sequence[dict]) -> MemoryRecord:
+        """A list shown to the user: ``items`` are ``{item_id, title, persona_id}``."""
+        titles = "; ".join(i["title"] for i in items)
+        return MemoryRecord(kind="recommendation", text=f"shown: {titles}",
+                            payload={"thread_id": thread_id, "items": list(items)})
+
+    @staticmethod
+    def feedback_record(item_id: str, title: str, reaction: str, text: str | None, persona_id: str | None,
+                        thread_id: str | None = None) -> MemoryRecord:
+        words = "liked" if reaction == "like" else "disliked"
+        body = f"{words} {title}" + (f": {text}" if text else "")
+        return MemoryRecord(kind="feedback", text=body,
+                            payload={"item_id": item_id, "title": title, "reaction": reaction, "text": text,
+                                     "persona_id": persona_id, "thread_id": thread_id})
+
+    def record(self, user_id: str, records: Sequence[MemoryRecord]) -> list[MemoryRecord]:
+        """Store events of one user in one write (one embedding call for all of them)."""
+        now = self.episodic.clock()
+        stamped = [r if r.timestamp else r.model_copy(update={"timestamp": now}) for r in records]
+        return self.episodic.record_many(user_id, stamped) if stamped else []
+
     def record_turn(self, user_id: str, thread_id: str, role: str, text: str) -> MemoryRecord:
-        return self.episodic.record(user_id, "chat_turn", f"{role}: {text}",
-                                    {"thread_id": thread_id, "role": role})
+        return self.record(user_id, [self.turn_record(thread_id, role, text)])[0]
 
     def record_shown(self, user_id: str, thread_id: str | None, items: Sequence[dict]) -> MemoryRecord:
         """A list shown to the user: ``items`` are ``{item_id, title, persona_id}``."""
-        titles = "; ".join(i["title"] for i in items)
-        return self.episodic.record(user_id, "recommendation", f"shown: {titles}",
-                                    {"thread_id": thread_id, "items": list(items)})
+        return self.record(user_id, [self.shown_record(thread_id, items)])[0]
 
     def record_feedback(self, user_id: str, item_id: str, title: str, reaction: str, text: str | None,
                         persona_id: str | None, thread_id: str | None = None) -> MemoryRecord:
-        words = "liked" if reaction == "like" else "disliked"
-        body = f"{words} {title}" + (f": {text}" if text else "")
-        return self.episodic.record(user_id, "feedback", body,
-                                    {"item_id": item_id, "title": title, "reaction": reaction, "text": text,
-                                     "persona_id": persona_id, "thread_id": thread_id})
+        return self.record(user_id, [self.feedback_record(item_id, title, reaction, text, persona_id, thread_id)])[0]
 
     # ---- reads -------------------------------------------------------------------------
     def feedback_events(self, user_id: str, limit: int | None = None) -> list[MemoryRecord]:
@@ -153,6 +218,7 @@ class AgentMemory:
                     raise Rejected("bad_source", f"fact {f.text!r} cites events outside 1..{len(events)}")
                 if len(f.text) > 160 or len(f.text.split()) < 3:
                     raise Rejected("length", f"fact {f.text!r} is not one short sentence")
+                check_fact(f.text, [events[s - 1] for s in f.sources], self.catalog_titles)
             return out.facts[: self.config.max_facts]
 
         job = Job(variables={"current_facts": [f.text for f in old],

@@ -78,10 +78,29 @@ class LanguageConfig(BaseModel):
     similarity of the request to the persona's vector."""
 
 
+def recommendation_input(engine, pset: PersonaSet, item_id: str, persona_id: str,
+                         evidence: Sequence[str]) -> RecommendationInput:
+    """The explain task's view of one listed item: its persona, its evidence, and the facts a
+    sentence about it may state (the evidence's categories, the user's tastes)."""
+    cat = engine.catalog
+    item, p = cat.get(item_id), pset.get(persona_id)
+    evidence_items = [cat.get(i) for i in evidence]
+    tastes = sorted({c for q in pset.personas for c in q.categories})
+    return RecommendationInput(item_id=item_id, title=item.title, categories=list(item.categories),
+                               persona_id=p.persona_id, persona_name=p.name, persona_description=p.description,
+                               evidence_titles=[e.title for e in evidence_items],
+                               evidence_categories=sorted({c for e in evidence_items for c in e.categories}),
+                               user_tastes=tastes)
+
+
 def persona_inputs(engine, pset: PersonaSet, n_titles: int = 8) -> list[PersonaInput]:
     """The LLM tasks' view of a user's personas."""
     cat = engine.catalog
-    return [PersonaInput.from_persona(p, cat.titles(cat.indices(p.evidence[:n_titles]))) for p in pset.personas]
+    out = []
+    for p in pset.personas:
+        pos = cat.indices(p.evidence[:n_titles])
+        out.append(PersonaInput.from_persona(p, cat.titles(pos), [c for i in pos for c in cat.item(int(i)).categories]))
+    return out
 
 
 class LanguageLayer:
@@ -97,7 +116,10 @@ class LanguageLayer:
         """LLM-written names and descriptions for personas still carrying template text.
 
         Returns the task metadata (None when nothing was asked). Only personas the model
-        answered validly change; they are stored as a new version.
+        answered validly change; they are stored as a new version. Each persona version is asked
+        once per model and prompt: the attempt is remembered with the persona set
+        (``induction["llm_text_attempts"]``), so a description that failed validation is not
+        asked again on every run.
         """
         if self.backend is None or not self.config.describe_personas:
             return None
@@ -105,18 +127,25 @@ class LanguageLayer:
         pset = store.get(user_id)
         if pset is None or not pset.personas:
             return None
-        todo = [p for p in pset.personas if p.text_source == "template"]
+        from prompts import load_prompt
+
+        stamp = f"{getattr(self.backend, 'model_name', '?')}|{load_prompt('describe_persona').sha256[:12]}"
+        tried = dict(pset.induction.get("llm_text_attempts") or {})
+        todo = [p for p in pset.personas if p.text_source == "template" and tried.get(p.persona_id) != f"{p.version}|{stamp}"]
         if not todo:
             return None
         inputs = persona_inputs(self.engine, PersonaSet(user_id=user_id, personas=todo), self.config.evidence_titles)
-        result = describe_personas(self.backend, inputs)
+        result = describe_personas(self.backend, inputs, catalog_categories=self.engine.catalog.categories)
         written = {it.persona_id: it for it in result.items if it.source != "template"}
-        if written:
-            personas = [p.model_copy(update={"name": written[p.persona_id].name,
-                                             "description": written[p.persona_id].description,
-                                             "text_source": "llm"}) if p.persona_id in written else p
-                        for p in pset.personas]
-            store.put(pset.model_copy(update={"personas": personas}), reason="llm-description")
+        personas = [p.model_copy(update={"name": written[p.persona_id].name,
+                                         "description": written[p.persona_id].description,
+                                         "text_source": "llm"}) if p.persona_id in written else p
+                    for p in pset.personas]
+        if not result.llm_error:  # a server that was down has not judged the text: ask again next time
+            tried.update({p.persona_id: f"{p.version}|{stamp}" for p in todo if p.persona_id not in written})
+        store.put(pset.model_copy(update={"personas": personas, "induction": {**pset.induction,
+                                                                             "llm_text_attempts": tried}}),
+                  reason="llm-description")
         return result.metadata()
 
     # ---- routing -----------------------------------------------------------------------
@@ -290,14 +319,10 @@ class LanguageLayer:
         this layer's); returns the task metadata."""
         pset = pset or self.engine.recommender.persona_set(out.user_id)
         backend = backend or self.backend
-        recs = []
-        for r in out.items:
-            p = pset.get(r.persona.id)
-            recs.append(RecommendationInput(item_id=r.item_id, title=r.title, categories=r.categories,
-                                            persona_id=p.persona_id, persona_name=p.name,
-                                            persona_description=p.description,
-                                            evidence_titles=[e.title for e in r.evidence]))
-        result = explain_recommendations(backend, recs, catalog_titles=self.engine.catalog_titles())
+        recs = [recommendation_input(self.engine, pset, r.item_id, r.persona.id, [e.item_id for e in r.evidence])
+                for r in out.items]
+        result = explain_recommendations(backend, recs, catalog_titles=self.engine.catalog_titles(),
+                                         catalog_categories=self.engine.catalog.categories)
         for r, ex in zip(out.items, result.items):
             if ex.source != "template":
                 r.explanation = ex.text

@@ -58,6 +58,25 @@ def test_llm_writes_persona_text_once_as_a_new_version(engine):
     assert "describe_personas" not in again.recommend("3", k=5).meta  # already LLM-written: not asked again
 
 
+def test_a_description_that_failed_validation_is_not_asked_again(engine):
+    def invalid(req):
+        if "description" in (req.json_schema or {}).get("properties", {}):
+            return json.dumps({"name": "x", "description": "too short"})
+        return _answer(req)
+
+    llm = ScriptedLLM(invalid)
+    first = LanguageLayer(engine, llm).ensure_persona_text("6")
+    n_personas = len(engine.persona_store.get("6").personas)
+    assert first["fallbacks"]["template"] == n_personas
+    calls = len(llm.calls)
+    assert LanguageLayer(engine, llm).ensure_persona_text("6") is None and len(llm.calls) == calls  # remembered
+    # another model (or prompt) is asked again
+    other = ScriptedLLM(invalid, model="bigger")
+    assert LanguageLayer(engine, other).ensure_persona_text("6") is not None and other.calls
+    # and the template text stays, with no new persona version
+    assert all(v.persona.version == 1 for v in engine.persona_store.versions("6"))
+
+
 def test_explanations_are_llm_written_and_grounded(engine):
     out = LanguageLayer(engine, ScriptedLLM(_answer)).recommend("4", k=5, explain=True)
     assert all(r.explanation_source == "llm" for r in out.items)
