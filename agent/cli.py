@@ -268,6 +268,7 @@ def chat(
     user: Annotated[str, typer.Option("--user", "-u", help="User id.")],
     thread: Annotated[Optional[str], typer.Option("--thread", "-t", help="Thread id to resume (default: a new one).")] = None,
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="Send one message and exit (for scripts).")] = None,
+    follow_up: Annotated[bool, typer.Option("--follow-up", help="With --message: also wait for what the LLM adds after the reply (its explanations, its rewrite after feedback).")] = False,
     as_json: JsonOpt = False,
     k: Annotated[int, typer.Option("--k", "-k", help="Items per list.")] = 5,
     mode: Annotated[str, typer.Option("--mode", help="Ranking mode.")] = "persona_calibrated",
@@ -277,9 +278,12 @@ def chat(
 ) -> None:
     """Conversational recommendation: ask, react ("not that one"), ask why, see your personas.
 
-    Interactive by default (type /quit to leave; the same --thread resumes later); with
-    --message it answers one message and exits. The LLM defaults to the packaged SmolLM2
-    (--llm none for templates only).
+    Every reply comes from the exact engine at once (list, persona, evidence, a template
+    explanation); the LLM (the packaged SmolLM2 unless --llm says otherwise; --llm none for
+    templates only) adds its own explanations and persona rewrites afterwards, printed as
+    "plural (model)>" lines while you go on. Interactive by default (/quit to leave; the same
+    --thread resumes later); with --message it answers one message and exits (the LLM is not
+    loaded unless --follow-up asks for its additions).
     """
     from agent.api import PluralAgent
     from agent.runtime import AgentConfig, AgentRuntime
@@ -287,17 +291,26 @@ def chat(
 
     if mode not in RANKING_MODES:
         raise UsageError("--mode", mode, sorted(RANKING_MODES))
-    backend = _backend(llm, model, base_url) if (llm or "transformers") != "none" else None
+    if k <= 0 or k > 50:
+        raise UsageError("--k", k, "an integer from 1 to 50")
+    wants_llm = (llm or "transformers") != "none" and (message is None or follow_up)
+    backend = _backend(llm, model, base_url) if wants_llm else None
     engine = _open_engine(_source(dataset, data, train, test, items, columns), _config(config), data_dir, False, user)
     agent = PluralAgent(AgentRuntime(engine, backend, AgentConfig(k=k, mode=mode)))
     if message is not None:
         reply = agent.chat(user, message, thread)
+        later = agent.follow_up(reply) if follow_up else None
         if as_json:
-            typer.echo(reply.model_dump_json(indent=2))
+            doc = reply.model_dump(mode="json")
+            if later is not None:
+                doc["follow_up"] = later.model_dump(mode="json")
+            typer.echo(json.dumps(doc, indent=2))
         else:
             from rich.text import Text
 
             _console().print(Text(reply.response))
+            for line in later.lines() if later is not None else []:
+                _console().print(Text("(model) " + line))
             _console(stderr=True).print(f"[dim]thread {reply.thread_id}[/]")
         if reply.error and reply.intent is None:
             raise typer.Exit(1)
@@ -305,8 +318,96 @@ def chat(
     _interactive_chat(agent, user, thread)
 
 
+_HELP = ("Ask for something (\"something light and funny tonight\", \"a scary movie from the 80s\", \"like Heat\"), "
+         "react (\"not that one, too violent\", \"loved the first\"), ask \"why the third?\", \"more like the "
+         "second one\", \"more\", \"show my personas\". Commands: /personas, /versions, /rollback PERSONA VERSION, "
+         "/history, /quit.")
+
+
+class _ChatInput:
+    """Reads the person's lines: prompt_toolkit on a terminal (the model's follow-ups print above
+    the prompt while the person types), plain input otherwise."""
+
+    def __init__(self, console):
+        self.console = console
+        self.session = None
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            try:
+                from prompt_toolkit import PromptSession
+                from prompt_toolkit.formatted_text import ANSI
+
+                self.session, self._ansi = PromptSession(), ANSI
+            except ImportError:  # pragma: no cover - prompt_toolkit is a dependency
+                self.session = None
+
+    @property
+    def background_output(self) -> bool:
+        """True when lines printed from another thread appear above the prompt."""
+        return self.session is not None
+
+    def read(self) -> str:
+        if self.session is None:
+            return self.console.input("[bold cyan]you> [/]")
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        with patch_stdout(raw=True):
+            return self.session.prompt(self._ansi("\x1b[1;36myou> \x1b[0m"))
+
+
+class _FollowUps:
+    """Runs :meth:`PluralAgent.follow_up` after each reply, one at a time, and prints what the
+    model added. On a terminal it runs in the background (the prompt comes back at once); when
+    the output is not a terminal it runs right after the reply, so scripts see a stable order."""
+
+    def __init__(self, agent, console, background: bool):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.agent, self.console, self.background = agent, console, background
+        self.turn = 0
+        self._queued: list = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plural-follow-up")
+
+    def submit(self, reply) -> None:
+        self.turn += 1
+        turn = self.turn
+        # explanations of a list the person has moved on from are not worth the CPU: drop the
+        # ones not started yet (a persona rewrite after feedback still runs)
+        self._queued = [(f, r) for f, r in self._queued if not f.done()]
+        for f, r in self._queued:
+            if r.intent != "feedback":
+                f.cancel()
+        future = self._pool.submit(self.agent.follow_up, reply)
+        self._queued.append((future, reply))
+        if self.background:
+            future.add_done_callback(lambda f: self._show(f, turn))
+        else:
+            self._show(future, turn)
+
+    def _show(self, future, turn: int) -> None:
+        from rich.text import Text
+
+        if future.cancelled():
+            return
+        try:
+            later = future.result()
+        except Exception as e:  # noqa: BLE001 - the model's extras must never end the chat
+            self.console.print(Text(f"(the model could not add anything: {type(e).__name__}: {e})", style="dim"))
+            return
+        lines = later.lines()
+        if turn != self.turn:  # the person moved on: only a change to their personas is still news
+            lines = [later.note] if later.note and later.persona is not None else []
+        for line in lines:
+            self.console.print(Text("plural (model)> ", style="magenta") + Text(line))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _interactive_chat(agent, user: str, thread: str | None) -> None:
     import uuid
+
+    from rich.markup import escape
+    from rich.text import Text
 
     con = _console()
     thread = thread or uuid.uuid4().hex[:12]
@@ -318,52 +419,57 @@ def _interactive_chat(agent, user: str, thread: str | None) -> None:
     con.print(f"[bold]Plural[/] — user {user}, thread [bold]{thread}[/] "
               f"(resume later with --thread {thread}). Type /quit to leave, /help for commands.")
     for turn in past[-6:]:
-        from rich.markup import escape
-
         who = "you" if turn["role"] == "user" else "plural"
         con.print(f"[dim]{who}: {escape(turn['content'])}[/]")
-    while True:
-        try:
-            text = con.input("[bold cyan]you> [/]")
-        except (EOFError, KeyboardInterrupt):
-            con.print()
-            break
-        cmd = text.strip()
-        if cmd in ("/quit", "/exit", "/q"):
-            break
-        if cmd == "/help":
-            con.print("Ask for something (\"something light and funny tonight\"), react (\"not that one, too "
-                      "violent\", \"loved the first\"), ask \"why the third?\", \"more like the second one\", "
-                      "\"show my personas\". Commands: /versions, /rollback PERSONA VERSION, /history, /quit.")
-            continue
-        if cmd == "/versions":
-            from rich.markup import escape
-
-            for v in agent.persona_versions(user):
-                con.print(escape(f"{v.persona.persona_id} v{v.persona.version} [{v.reason}] {v.persona.name}: "
-                                 f"{v.persona.description}"))
-            continue
-        if cmd.startswith("/rollback"):
-            parts = cmd.split()
+    reader = _ChatInput(con)
+    rt = agent.runtime
+    follow = (_FollowUps(agent, con, reader.background_output)
+              if rt.backend is not None and rt.config.llm_prose == "after" else None)
+    try:
+        while True:
             try:
-                p = agent.rollback(user, parts[1], int(parts[2]))
-                con.print(f"{p.persona_id} is back to: {p.name} — {p.description} (now v{p.version})")
-            except (IndexError, ValueError):
-                con.print("usage: /rollback PERSONA_ID VERSION (see /versions)")
-            except PluralError as e:
-                con.print(f"[red]{e}[/]")
-            continue
-        if cmd == "/history":
-            from rich.markup import escape
-
-            for ev in reversed(agent.history(user, 15)):
-                con.print(f"[dim]{ev.kind}[/] {escape(ev.text)}")
-            continue
-        with con.status("thinking…"):
-            reply = agent.chat(user, text, thread)
-        from rich.markup import escape
-
-        con.print(("[red]" if reply.error else "[green]") + "plural>[/] " + escape(reply.response))
+                text = reader.read()
+            except (EOFError, KeyboardInterrupt):
+                con.print()
+                break
+            cmd = text.strip()
+            if cmd in ("/quit", "/exit", "/q"):
+                break
+            if cmd == "/help":
+                con.print(Text(_HELP))
+                continue
+            if cmd == "/personas":
+                cmd = text = "show my personas"
+            if cmd == "/versions":
+                for v in agent.persona_versions(user):
+                    con.print(Text(f"{v.persona.persona_id} v{v.persona.version} ({v.reason}) {v.persona.name}: "
+                                   f"{v.persona.description}"))
+                continue
+            if cmd.startswith("/rollback"):
+                parts = cmd.split()
+                try:
+                    p = agent.rollback(user, parts[1], int(parts[2]))
+                    con.print(Text(f"{p.persona_id} is back to: {p.name} — {p.description} (now v{p.version})"))
+                except (IndexError, ValueError):
+                    con.print("usage: /rollback PERSONA_ID VERSION (see /versions)")
+                except PluralError as e:
+                    con.print(Text(str(e), style="red"))
+                continue
+            if cmd == "/history":
+                for ev in reversed(agent.history(user, 15)):
+                    con.print(Text(ev.kind, style="dim") + Text(f" {ev.text}"))
+                continue
+            if cmd.startswith("/"):
+                con.print(Text(f"Unknown command {cmd.split()[0]!r}. {_HELP}"))
+                continue
+            with con.status("thinking…"):
+                reply = agent.chat(user, text, thread)
+            con.print(Text("plural> ", style="red" if reply.error else "green") + Text(reply.response))
+            if follow is not None and not reply.error:
+                follow.submit(reply)
+    finally:
+        if follow is not None:
+            follow.close()
 
 
 @eval_app.command("rec")
@@ -543,6 +649,46 @@ def eval_consistency(
               f"wrote " + ", ".join(paths.values()))
 
 
+@eval_app.command("chat")
+def eval_chat(
+    users: Annotated[int, typer.Option("--users", help="Simulated users on test (seeded sample).")] = 200,
+    tune_users: Annotated[int, typer.Option("--tune-users", help="Simulated users on the validation split.")] = 150,
+    no_tune: Annotated[bool, typer.Option("--no-tune", help="Keep the configured request mix (no validation search).")] = False,
+    systems: Annotated[Optional[list[str]], typer.Option("--systems", help="Systems to compare (default: all four).")] = None,
+    k: Annotated[int, typer.Option("--k", help="List length.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the users and their requests.")] = 0,
+    embedder: Annotated[str, typer.Option("--embedder", help="Text embedder (all-MiniLM-L6-v2, or hash for a quick run).")] = "all-MiniLM-L6-v2",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default runs/chat-<dataset>).")] = None,
+    dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
+    items: ItemsOpt = None, columns: ColumnsOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Conversational evaluation: simulated users from the held-out split ask for a category, a
+    category and period, "something like X" and a free-text description of a held-out liked
+    item, then refuse and ask for "more like #k"; request satisfaction, hit rate, NDCG,
+    personalisation and turn latency of Plural's chat beside its old self and two baselines."""
+    from evals.chat_eval import ChatEvalConfig, run_chat_eval, write_chat_reports
+
+    options = {"users": users, "tune_users": tune_users, "tune": not no_tune, "k": k, "seed": seed}
+    if systems:
+        options["systems"] = list(systems)
+    cfg = ChatEvalConfig.from_options(**options)
+    engine_config = _config(config).model_copy(update={"embedder": embedder})
+    ds = _source(dataset, data, train, test, items, columns).load()
+    with _RichProgress(sys.stderr.isatty()) as bar:
+        doc = run_chat_eval(ds, cfg, engine_config, progress=bar.task)
+    paths = write_chat_reports(doc, out or Path("runs") / f"chat-{ds.name}")
+    con = _console()
+    from rich.text import Text
+
+    for t, by_system in doc["results"].items():
+        cells = ", ".join(f"{s} {m.get('satisfaction', {}).get('mean')}/{m.get(f'hr@{k}', {}).get('mean', '-')}"
+                          for s, m in by_system.items())
+        con.print(Text(f"{t:>16} (satisfied/HR@{k}): {cells}"))
+    for name, t in doc["targets"].items():
+        con.print(Text(f"target {name}: {'met' if t['met'] else 'NOT met'}"))
+    con.print(f"{doc['timings_s']['total']:.1f} s; wrote " + ", ".join(paths.values()))
+
+
 class _RichProgress:
     """A progress bar per stage on a terminal; silent otherwise."""
 
@@ -562,7 +708,8 @@ class _RichProgress:
         return self._p.task(description, total)
 
 
-_LIST_OPTIONS = {("eval", "rec"): ("--k", "--models"), ("eval", "personas"): ("--seeds",)}
+_LIST_OPTIONS = {("eval", "rec"): ("--k", "--models"), ("eval", "personas"): ("--seeds",),
+                 ("eval", "chat"): ("--systems",)}
 
 
 def _expand_list_options(argv: list[str]) -> list[str]:

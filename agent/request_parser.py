@@ -26,7 +26,8 @@ _GENRE_WORDS: dict[str, tuple[str, ...]] = {
     r"funny|comed(y|ies)|comic|hilarious|laugh(s|ter)?|humou?r(ous)?|silly|goofy|lighthearted|light-hearted|"
     r"feel-?good|cheerful|uplifting|rom-?coms?": ("Comedy",),
     r"light": ("Comedy",),
-    r"scary|scare|horror|frightening|terrifying|creepy|spooky|slasher|zombies?|haunted|gory": ("Horror", "Thriller"),
+    r"scary|scare|frightening|terrifying|creepy|spooky": ("Horror", "Thriller"),
+    r"horror|slasher|zombies?|haunted|gory|vampires?|werewolf|werewolves": ("Horror",),
     r"thrillers?|suspense(ful)?|tense|nail-?biting|gripping": ("Thriller",),
     r"romantic|romance|love stor(y|ies)|date night|rom-?coms?": ("Romance",),
     r"action|action-packed|explosions?|adrenaline|shoot-?outs?|martial arts": ("Action",),

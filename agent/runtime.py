@@ -103,7 +103,8 @@ class AgentRuntime:
         self.engine, self.backend = engine, backend
         self.config = config or AgentConfig()
         self.language = LanguageLayer(engine, backend, self.config.language)
-        self.memory = AgentMemory(engine.memory_store(), engine.embedder(), self.config.memory)
+        self.memory = AgentMemory(engine.memory_store(), engine.embedder(), self.config.memory,
+                                  catalog_titles=engine.catalog_titles())
         self.refiner = PersonaRefiner(engine.catalog, engine.embedder(), backend, self.config.refine)
         self._template_refiner = self.refiner.with_backend(None)
 
@@ -191,12 +192,12 @@ class AgentRuntime:
         text = template_explanation(persona.name, [e["title"] for e in ev], float(att[r]))
         source, meta = "template", None
         if backend is not None:
-            from agent.llm.tasks import RecommendationInput, explain_recommendations
+            from agent.language import recommendation_input
+            from agent.llm.tasks import explain_recommendations
 
-            res = explain_recommendations(backend, [RecommendationInput(
-                item_id=item_id, title=item.title, categories=list(item.categories), persona_id=persona.persona_id,
-                persona_name=persona.name, persona_description=persona.description,
-                evidence_titles=[e["title"] for e in ev])], catalog_titles=self.engine.catalog_titles())
+            rec = recommendation_input(self.engine, pset, item_id, persona.persona_id, [e["item_id"] for e in ev])
+            res = explain_recommendations(backend, [rec], catalog_titles=self.engine.catalog_titles(),
+                                          catalog_categories=self.engine.catalog.categories)
             if res.items[0].source != "template":
                 text, source = res.items[0].text, "llm"
             meta = res.metadata()
@@ -308,17 +309,20 @@ class AgentRuntime:
                     store.put(new, reason=pending.personas.get("reason", "refinement"),
                               feedback=pending.personas.get("feedback"))
                     written_personas = True
+                records = []
                 for ev in pending.events:
                     kind = ev["kind"]
                     if kind == "chat_turn":
-                        self.memory.record_turn(user_id, ev.get("thread_id") or "", ev["role"], ev["text"])
+                        records.append(self.memory.turn_record(ev.get("thread_id") or "", ev["role"], ev["text"]))
                     elif kind == "recommendation":
-                        self.memory.record_shown(user_id, ev.get("thread_id"), ev["items"])
+                        records.append(self.memory.shown_record(ev.get("thread_id"), ev["items"]))
                     elif kind == "feedback":
-                        self.memory.record_feedback(user_id, ev["item_id"], ev["title"], ev["reaction"],
-                                                    ev.get("text"), ev.get("persona_id"), ev.get("thread_id"))
+                        records.append(self.memory.feedback_record(ev["item_id"], ev["title"], ev["reaction"],
+                                                                   ev.get("text"), ev.get("persona_id"),
+                                                                   ev.get("thread_id")))
                     else:
                         raise UsageError("event kind", kind, ["chat_turn", "recommendation", "feedback"])
+                self.memory.record(user_id, records)
         consolidated = None
         try:
             consolidated = self.memory.maybe_consolidate(user_id, backend)

@@ -134,10 +134,17 @@ class PersonaRecommender:
             disliked = list(self.disliked(user_id))
             if disliked_items:
                 disliked += [int(p) for p in self.catalog.indices([i for i in disliked_items if i in self.catalog])]
-            penalty = rs.dislike_penalty(disliked)
-            personal = scores
-            scores, term = rs.rescore(scores, allowed, match, penalty)
+            # the personalised part stays the exact sum of the persona contributions; everything
+            # the request does (persona boost, history focus, match, dislikes) is one added term
+            personal = ps.scores
+            focus_term = scores - personal if persona_focus else None
+            history_term = rs.history_focus(request, self.history.positives(user_id))
+            scores, term = rs.rescore(personal, allowed, match, rs.dislike_penalty(disliked),
+                                      extra=[t for t in (focus_term, history_term) if t is not None])
             extra.update(personal_scores=personal, request_term=term, request_match=match)
+            responsible = (np.argmax(ps.contributions, axis=0) if len(pset.personas)
+                           else np.full(len(self.catalog), -1, dtype=np.int64))
+            contributions = ps.contributions
             if request.wanted_categories and len(pset.personas):
                 # the request decides the genres tonight: calibrated modes aim at them, not the history's mix
                 cats = self.catalog.category_distribution()
@@ -185,7 +192,7 @@ class PersonaRecommender:
             return self._cold_start(user_id, k, mode, ctx, provenance)
         chosen = ranking.select(ctx, k)
         att = ps.attention(chosen, self.attention_config) if len(chosen) else np.zeros((0, len(pset.personas)))
-        if persona_focus:  # attention follows the focused contributions
+        if persona_focus and request is None:  # attention follows the focused contributions
             mult = np.array([persona_focus.get(pid, 1.0) for pid in pset.ids])
             att = PersonaScores(ps.persona_ids, ps.groups, ps.contributions * mult[:, None].astype(np.float32),
                                 ps.residual, ps.scorer).attention(chosen, self.attention_config)

@@ -12,10 +12,13 @@ is parsed (:mod:`agent.request_parser`, rules, optionally an LLM validated again
   rated low give a penalty ``d(i)`` in [0, 1] (their collaborative neighbours). The final score
   is
 
-  ``s(i) = p(i) + sigma * (mix * (c(i) + t(i)) + reference_mix * r(i) - dislike_weight * d(i))``
+  ``s(i) = p(i) + f(i) + h(i) + sigma * (mix * (c(i) + t(i)) + reference_mix * r(i) - dislike_weight * d(i))``
 
   with ``c`` the category match (several wanted categories: the first named counts fully),
-  ``t`` the free-text match and ``r`` the reference match, each in [0, 1],
+  ``t`` the free-text match and ``r`` the reference match, each in [0, 1], ``h`` the history
+  focus (``history_focus`` times the score that the user's own items of the wanted categories
+  give ``i``) and ``f`` the boost of the personas the request activates (``route_boost - 1``
+  times their contributions),
 
   where ``p(i)`` is the personalised score (the exact sum of the persona contributions),
   ``sigma`` the spread of the user's best 100 candidates (best minus 100th best: ``mix`` is
@@ -152,6 +155,9 @@ class RequestConfig(BaseModel):
     list must be visibly like it); fewer candidates than ``k`` widen the pool to all."""
     content_pool: int = Field(100, gt=0)
     """Free-text content: only the ``content_pool`` best-matching items are candidates."""
+    history_focus: float = Field(0.5, ge=0)
+    """A request for categories: the user's own history items in them count ``1 + history_focus``
+    times in the score (0: the whole history counts alike)."""
     dislike_weight: float = Field(1.0, ge=0)
     """Weight of the penalty from titles the user rated low (or disliked in conversation), in
     standard deviations: their close collaborative neighbours drop."""
@@ -309,19 +315,37 @@ class RequestScorer:
         top = pen.max()
         return pen / top if top > 0 else None
 
+    def history_focus(self, request: Request, history: Sequence[int]) -> np.ndarray | None:
+        """The extra score from the user's own history items in the wanted categories, times
+        ``history_focus`` (None when the request wants no category or the weight is 0): tonight's
+        request says which part of the history matters."""
+        if not request.wanted_categories or self.config.history_focus == 0 or len(history) == 0:
+            return None
+        h = np.asarray(history, dtype=np.int64)
+        h = h[self.catalog.items_in_categories(request.wanted_categories)[h]]
+        if len(h) == 0:
+            return None
+        rows = self.B[h]
+        total = np.asarray(rows.sum(axis=0)).ravel() if hasattr(rows, "todense") else rows.sum(axis=0)
+        return self.config.history_focus * np.asarray(total, dtype=np.float64)
+
     def rescore(self, scores: np.ndarray, allowed: np.ndarray, match: np.ndarray | None,
-                penalty: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(final scores, request term)``: ``scores + sigma * (match - dislike_weight * penalty)``,
-        with ``sigma`` the :func:`score_spread` of ``scores`` over ``allowed``."""
+                penalty: np.ndarray | None, extra: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """``(final scores, request term)``: ``scores + sum(extra) + sigma * (match - dislike_weight
+        * penalty)``, with ``sigma`` the :func:`score_spread` of ``scores`` over ``allowed`` and
+        ``extra`` terms already in score units (persona boost, history focus)."""
         term = np.zeros(len(scores), dtype=np.float64)
-        if match is None and penalty is None:
+        for t in extra:
+            term += t
+        if match is None and penalty is None and not extra:
             return scores, term
         sigma = score_spread(scores[allowed] if allowed.any() else scores, self.config.spread_top)
+        soft = np.zeros(len(scores), dtype=np.float64)
         if match is not None:
-            term += match
+            soft += match
         if penalty is not None:
-            term -= self.config.dislike_weight * penalty
-        term *= sigma
+            soft -= self.config.dislike_weight * penalty
+        term += sigma * soft
         return (scores + term).astype(scores.dtype), term
 
 

@@ -341,7 +341,7 @@ def test_a_failed_commit_leaves_memory_personas_and_thread_as_they_were(agent, m
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(agent.runtime.memory, "record_feedback", boom)
+    monkeypatch.setattr(agent.runtime.memory, "record", boom)
     fb = agent.chat("3", "not the second one", thread_id="atomic")
     assert fb.error and "disk full" in fb.error and "Nothing was changed" in fb.response
     assert len(agent.history("3")) == events_before

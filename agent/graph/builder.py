@@ -263,7 +263,9 @@ def _compose(runtime: AgentRuntime, state: AgentState) -> tuple[str, dict]:
         if asked:
             head += f" ({asked})"
         if names:
-            head += " for your " + " and ".join(f"\u201c{n}\u201d" for n in names) + " side"
+            quoted = [f"\u201c{n}\u201d" for n in names]
+            head += " for your " + (", ".join(quoted[:-1]) + " and " + quoted[-1] if len(quoted) > 1 else quoted[0])
+            head += " tastes" if len(quoted) > 1 else " taste"
         if out.cold_start:
             head = "I don't know your tastes yet, so here are popular picks" + (f" ({asked})" if asked else "")
         lines = [head + ":"]
@@ -303,8 +305,10 @@ def _compose(runtime: AgentRuntime, state: AgentState) -> tuple[str, dict]:
             parts.append(f"Its weight went from {round(100 * w0)}% to {round(100 * w1)}%.")
         if ref.get("evidence_added"):
             parts.append("I added the title to its evidence.")
-        if (before["name"], before["description"]) != (after["name"], after["description"]):
-            parts.append(f"I rewrote it as \u201c{after['name']}\u201d: {after['description']}")
+        if before["name"] != after["name"]:
+            parts.append(f"I renamed it \u201c{after['name']}\u201d: {after['description']}")
+        elif before["description"] != after["description"]:
+            parts.append(f"I updated its description: {after['description']}")
         elif ref.get("proposed"):
             parts.append("I considered rewriting its description but kept the old one: the new text described "
                          "the titles you liked before less well.")
