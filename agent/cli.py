@@ -30,7 +30,7 @@ DataOpt = Annotated[Optional[str], typer.Option("--data", help="A MovieLens fold
 TrainOpt = Annotated[Optional[str], typer.Option("--train", help="Predefined split: training interactions file.")]
 TestOpt = Annotated[Optional[str], typer.Option("--test", help="Predefined split: test interactions file.")]
 ItemsOpt = Annotated[Optional[str], typer.Option("--items", help="Items file for --data tables and predefined splits.")]
-ColumnsOpt = Annotated[Optional[str], typer.Option("--columns", help="Column mapping, e.g. user=uid,item=movie,rating=stars.")]
+ColumnsOpt = Annotated[Optional[str], typer.Option("--columns", help="Column names, when not the usual ones (user/user_id/userId, item/item_id/movieId, rating, timestamp, title, genres/categories): e.g. user=uid,item=movie,rating=stars; items.KEY=COLUMN for the items file (items.item=movie_id,items.title=name).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Engine settings file (.json or .toml).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Where the built data lives (default: a cache folder per dataset and settings).")]
 RebuildOpt = Annotated[bool, typer.Option("--rebuild", help="Rebuild the data directory even if it is current.")]
@@ -44,8 +44,12 @@ def _source(dataset: str, data: str | None, train: str | None, test: str | None,
             columns: str | None):
     from memory.loaders import ColumnMapping, DataSource
 
+    pairs = [p for p in (columns or "").split(",") if p.strip()]
+    item_pairs = [p.strip()[len("items."):] for p in pairs if p.strip().startswith("items.")]
+    log_pairs = [p for p in pairs if not p.strip().startswith("items.")]
     return DataSource(dataset=dataset, data=data, train=train, test=test, items=items,
-                      columns=ColumnMapping.parse(columns))
+                      columns=ColumnMapping.parse(",".join(log_pairs)),
+                      item_columns=ColumnMapping.parse(",".join(item_pairs)))
 
 
 def _config(path: Path | None):
@@ -76,7 +80,7 @@ def recommend(
     user: Annotated[str, typer.Option("--user", "-u", help="User id.")],
     k: Annotated[int, typer.Option("--k", "-k", help="List length (> 0).")] = 10,
     mode: Annotated[str, typer.Option("--mode", "-m", help="Ranking mode (relevance, persona_fill, ...).")] = "relevance",
-    category: Annotated[Optional[list[str]], typer.Option("--category", help="Keep items of this category (repeatable).")] = None,
+    category: Annotated[Optional[list[str]], typer.Option("--category", help="Keep items of this category; repeat it for several (an item needs one of them: they are ORed).")] = None,
     query: Annotated[Optional[str], typer.Option("--query", "-q", help="Free-text filter: semantic search on the catalog.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="LLM-written persona text and explanations.")] = False,
     request: Annotated[Optional[str], typer.Option("--request", "-r", help="A wish in words (\"a scary movie from the 80s\", \"like Star Wars\"), read by the chat's rules into filters and re-scoring.")] = None,
@@ -107,42 +111,68 @@ def recommend(
     uses_llm = explain or selection != "attention" or (llm not in (None, "none"))
     backend = _backend(llm, model, base_url) if uses_llm else None  # unknown names fail before any build
     engine = _open_engine(_source(dataset, data, train, test, items, columns), _config(config), data_dir, rebuild, user)
+    if category:  # the catalog's spelling; a name it lacks (or a catalog without categories) is a usage error
+        from personas.request import check_categories
+
+        category = check_categories(engine.catalog, category)
     parsed = None
     if request is not None:
         from agent.request_parser import parse_request
-        from personas.request import check_categories
 
         parsed = parse_request(request, engine.parse_context(user))
         extra = {}
         if category:  # --category adds to the wanted categories (ORed, like the request's own)
-            extra["wanted_categories"] = list(dict.fromkeys([*parsed.wanted_categories,
-                                                             *check_categories(engine.catalog, category)]))
+            extra["wanted_categories"] = list(dict.fromkeys([*parsed.wanted_categories, *category]))
         if query and not parsed.content:
             extra["content"] = query
         parsed = parsed.model_copy(update=extra)
     t0 = time.perf_counter()
-    if uses_llm:
-        from agent.language import LanguageConfig, LanguageLayer
-
-        lang = LanguageLayer(engine, backend, LanguageConfig(selection=selection))
-        out = lang.recommend(user, k, mode, explain=explain, categories=category, query=query, parsed=parsed)
-    elif parsed is not None:
+    # the engine's list first (milliseconds); the model's text, when asked for, follows it
+    if parsed is not None:
         out = engine.recommend_request(user, parsed, k, mode)
     else:
         out = engine.recommend(user, k, mode, categories=category, query=query)
     out.meta["latency_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+    if not as_json:
+        if parsed is not None:
+            from rich.text import Text
+
+            said = parsed.describe(engine.catalog) or "nothing the catalog can check"
+            _console().print(Text(f"Request read as: {said}" + "".join(f"; can't check {u}" for u in parsed.unsupported)))
+        _print_recommendations(engine, out, explain=explain)
+    if uses_llm:
+        from agent.language import LanguageConfig, LanguageLayer
+
+        if not as_json:
+            _console(stderr=True).print(f"[dim]{backend.model_name} is writing its own text for these "
+                                        f"{len(out.items)} picks; the list above already stands…[/]")
+        t1 = time.perf_counter()
+        before = {r.item_id: (r.explanation, r.persona.name if r.persona else None) for r in out.items}
+        out = LanguageLayer(engine, backend, LanguageConfig(selection=selection)).improve(out, explain=explain)
+        out.meta["llm_latency_ms"] = round(1000 * (time.perf_counter() - t1), 1)
+        if not as_json:
+            _print_model_text(out, before)
+            _print_llm_summary(out)
     if as_json:
         typer.echo(json.dumps({"recommendations": [r.model_dump(mode="json") for r in out.items],
                                "provenance": out.provenance, "meta": out.meta}, indent=2, default=str))
-        return
-    if parsed is not None:
-        from rich.text import Text
 
-        said = parsed.describe(engine.catalog) or "nothing the catalog can check"
-        _console().print(Text(f"Request read as: {said}" + "".join(f"; can't check {u}" for u in parsed.unsupported)))
-    _print_recommendations(engine, out, explain=explain)
-    if uses_llm:
-        _print_llm_summary(out)
+
+def _print_model_text(out, before: dict) -> None:
+    """What the model changed in a list already shown: its explanations, persona names."""
+    from rich.text import Text
+
+    con = _console()
+    changed = [r for r in out.items if (r.explanation, r.persona.name if r.persona else None) != before.get(r.item_id)]
+    if not changed:
+        con.print(Text("The model added nothing that passed the checks; the template sentences above stand."))
+        return
+    con.print(Text("The model's take:", style="bold"))
+    for r in changed:
+        old_name = before.get(r.item_id, (None, None))[1]
+        renamed = f" (your \u201c{old_name}\u201d taste is now \u201c{r.persona.name}\u201d)" \
+            if r.persona and old_name and old_name != r.persona.name else ""
+        con.print(Text(f"{r.rank:>2}. {r.title}{renamed}: {r.explanation}"))
 
 
 def _backend(llm: str | None, model: str | None, base_url: str | None):
@@ -423,6 +453,8 @@ def _interactive_chat(agent, user: str, thread: str | None) -> None:
         con.print(f"[dim]{who}: {escape(turn['content'])}[/]")
     reader = _ChatInput(con)
     rt = agent.runtime
+    with con.status("loading…"):
+        rt.warm_up()
     follow = (_FollowUps(agent, con, reader.background_output)
               if rt.backend is not None and rt.config.llm_prose == "after" else None)
     try:

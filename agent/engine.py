@@ -227,14 +227,16 @@ class Engine:
                             title_index=title_index(self.catalog.all_titles()), **thread)
 
     def recommend_request(self, user_id: str, request, k: int = 10, mode: str = "persona_calibrated", *,
-                          route_boost: float = 2.0, disliked_items: Sequence[str] | None = None) -> RecommendationList:
+                          disliked_items: Sequence[str] | None = None) -> RecommendationList:
         """The chat's list for a parsed :class:`~personas.request.Request`: its hard constraints
         filter, its soft part and the user's dislikes re-score, the personas it activates are
-        boosted by ``route_boost``. Every chat surface (CLI, API, LangGraph server) and
+        boosted (``config.request``). Every chat surface (CLI, API, LangGraph server) and
         ``plural eval chat`` call this one method."""
         pset = self.recommender.persona_set(user_id)
-        focus = {pid: route_boost for pid in request.personas if pid in pset.ids} or None
-        return self.recommend(user_id, k, mode, persona_focus=focus, request=request, disliked_items=disliked_items)
+        boost = self.config.request.persona_boost
+        focus = {pid: boost for pid in request.personas if pid in pset.ids} if boost != 1.0 else {}
+        return self.recommend(user_id, k, mode, persona_focus=focus or None, request=request,
+                              disliked_items=disliked_items)
 
     def catalog_titles(self) -> tuple[str, ...]:
         """Every title in the catalog (explanations may not cite titles outside their evidence)."""

@@ -229,26 +229,16 @@ class LanguageLayer:
         recommend --request``'s path): the engine applies it and no LLM routes it.
         """
         t0 = time.perf_counter()
-        meta: dict = {"llm": {"backend": getattr(self.backend, "name", "none") if self.backend else "none",
-                              "model": self.backend.model_name if self.backend else None}}
-        errors: list[str] = []
-        described = self.ensure_persona_text(user_id) if self.backend is not None else None
-        if described:
-            meta["describe_personas"] = described
-            if described.get("llm_error"):
-                errors.append(described["llm_error"])
         focus = dict(persona_focus or {})
         request_query = False
+        route_meta = None
         if request and parsed is None:
             routed_focus, route_meta = routing if routing is not None else self.route(user_id, request)
             focus.update(routed_focus)
-            meta["route_request"] = route_meta
-            if route_meta.get("llm_error"):
-                errors.append(route_meta["llm_error"])
             if query is None and self.config.query_filter:
                 query, request_query = request, True
         if parsed is not None:
-            out = self.engine.recommend_request(user_id, parsed, k, mode, route_boost=self.config.route_boost)
+            out = self.engine.recommend_request(user_id, parsed, k, mode)
         else:
             out = self.engine.recommend(user_id, k, mode, categories=categories, query=query,
                                         persona_focus=focus or None, exclude_items=exclude_items)
@@ -256,21 +246,44 @@ class LanguageLayer:
             # the request's catalog neighbours are too few: keep the persona focus, drop the filter
             out = self.engine.recommend(user_id, k, mode, categories=categories, persona_focus=focus or None,
                                         exclude_items=exclude_items)
-            meta["query_filter"] = "dropped: fewer than k items matched the request"
-        if out.cold_start or not out.items:
-            out.meta.update(meta)
-            return out
-        pset = self.engine.recommender.persona_set(user_id)
-        if self.config.selection != "attention" and self.backend is not None:
-            sel_meta = self._select(out, pset, focus)
-            meta["select_personas"] = sel_meta
-            if sel_meta.get("llm_error"):
-                errors.append(sel_meta["llm_error"])
-        if explain:
-            ex_meta = self.explain_list(out, pset)
-            meta["explain_recommendations"] = ex_meta
-            if ex_meta.get("llm_error"):
-                errors.append(ex_meta["llm_error"])
+            out.meta["query_filter"] = "dropped: fewer than k items matched the request"
+        out = self.improve(out, explain=explain, focus=focus, route_meta=route_meta)
+        out.meta["latency_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+        return out
+
+    def improve(self, out: RecommendationList, *, explain: bool = True, focus: dict[str, float] | None = None,
+                route_meta: dict | None = None) -> RecommendationList:
+        """The model's work on a list the engine already made (in place, and returned): persona
+        names and descriptions (the first time a user is served; the list's persona names
+        follow), persona selection (``selection``), explanations. Callers that show the engine's
+        list first (``plural recommend --explain``) call this after showing it."""
+        meta: dict = {"llm": {"backend": getattr(self.backend, "name", "none") if self.backend else "none",
+                              "model": self.backend.model_name if self.backend else None}}
+        errors: list[str] = []
+        if route_meta is not None:
+            meta["route_request"] = route_meta
+            if route_meta.get("llm_error"):
+                errors.append(route_meta["llm_error"])
+        described = self.ensure_persona_text(out.user_id) if self.backend is not None else None
+        pset = self.engine.recommender.persona_set(out.user_id)
+        if described:
+            meta["describe_personas"] = described
+            if described.get("llm_error"):
+                errors.append(described["llm_error"])
+            for r in out.items:  # the list names the personas as they are now
+                if r.persona is not None and r.persona.id in pset.ids:
+                    r.persona = PersonaRef(id=r.persona.id, name=pset.get(r.persona.id).name)
+        if not out.cold_start and out.items:
+            if self.config.selection != "attention" and self.backend is not None:
+                sel_meta = self._select(out, pset, focus or {})
+                meta["select_personas"] = sel_meta
+                if sel_meta.get("llm_error"):
+                    errors.append(sel_meta["llm_error"])
+            if explain:
+                ex_meta = self.explain_list(out, pset)
+                meta["explain_recommendations"] = ex_meta
+                if ex_meta.get("llm_error"):
+                    errors.append(ex_meta["llm_error"])
         total = FallbackCounter()
         for key in ("describe_personas", "route_request", "select_personas", "explain_recommendations"):
             if key in meta and isinstance(meta[key], dict) and "fallbacks" in meta[key]:
@@ -283,10 +296,8 @@ class LanguageLayer:
         if total.template:
             log.info("LLM fallbacks: %s", total.fallbacks)
         out.meta.update(meta)
-        out.meta["latency_ms"] = round(1000 * (time.perf_counter() - t0), 1)
-        prompts = {name: m["provenance"]["prompt_sha256"][:12] for name, m in meta.items()
-                   if isinstance(m, dict) and "provenance" in m}
-        out.provenance["prompts"] = prompts
+        out.provenance["prompts"] = {name: m["provenance"]["prompt_sha256"][:12] for name, m in meta.items()
+                                     if isinstance(m, dict) and "provenance" in m}
         out.provenance["llm"] = meta["llm"]
         return out
 

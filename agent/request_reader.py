@@ -72,7 +72,6 @@ def read_request(message: str, ctx: ParseContext, backend: LLMBackend | None = N
     in_message = {pos for pos, _ in index.find(message)} if ctx.titles else set()
     known = {c.lower(): c for c in ctx.categories}
     msg_words = _words(message)
-    years = [y for y in (ctx.min_year, ctx.max_year) if y]
 
     def title_pos(title: str, field: str) -> int:
         hits = [pos for pos, _ in index.find(title)] if ctx.titles else []
@@ -104,9 +103,10 @@ def read_request(message: str, ctx: ParseContext, backend: LLMBackend | None = N
             exclude.append(ctx.item_ids[title_pos(t, "not_titles")])
         period = None
         if out.from_year is not None or out.to_year is not None:
+            lo, hi = (ctx.min_year or 1800) - 1, (ctx.max_year or 2100) + 1
             for y in (out.from_year, out.to_year):
-                if y is not None and years and not (min(years) - 1 <= y <= max(years) + 1):
-                    raise Rejected("period", f"year {y} is outside the catalog's {min(years)}-{max(years)}")
+                if y is not None and not lo <= y <= hi:
+                    raise Rejected("period", f"year {y} is outside the catalog's years ({lo + 1}-{hi - 1})")
             try:
                 period = Period(start=out.from_year, end=out.to_year)
             except ValueError as e:

@@ -108,6 +108,13 @@ class AgentRuntime:
         self.refiner = PersonaRefiner(engine.catalog, engine.embedder(), backend, self.config.refine)
         self._template_refiner = self.refiner.with_backend(None)
 
+    def warm_up(self) -> None:
+        """Load what the first turn would otherwise wait for: the text embedder (recall, free-text
+        requests), the request scorer and the catalog's title index."""
+        self.engine.embedder().embed(["warm up"])
+        self.engine.request_scorer()
+        self.engine.parse_context()
+
     def in_turn_llm(self) -> LLMBackend | None:
         """The backend a chat turn may call itself (``llm_prose="inline"``), else None."""
         return self.backend if self.config.llm_prose == "inline" else None
@@ -157,7 +164,7 @@ class AgentRuntime:
         req = request.model_copy(update={"exclude_items": list(dict.fromkeys([*request.exclude_items, *reacted]))})
         disliked = [i for i, r in reacted.items() if r == "dislike"]
         return self.engine.recommend_request(user_id, req, k or self.config.k, mode or self.config.mode,
-                                             route_boost=self.config.language.route_boost, disliked_items=disliked)
+                                             disliked_items=disliked)
 
     def shown_event(self, out: RecommendationList, thread_id: str | None) -> dict:
         return {"kind": "recommendation", "thread_id": thread_id,

@@ -32,14 +32,18 @@ Protocol (conversational recommendation judged by whether it satisfies the reque
    request satisfaction (share of listed items with the requested category, and in the decade;
    for ``like_item`` / ``more_like``, the category overlap (Jaccard) and the co-rating cosine of
    the listed items with X, beside the same for the user's most popular unseen items), HR and
-   NDCG at 5 and 10 of ``t``, personalisation (overlap at 10 between this user's list and a
-   seeded other user's list for the same message: 1 means not personalised), refusal respected
-   (the refused item never listed again in the thread), and each turn's latency (p50, p95).
+   NDCG at 5 and 10 of ``t``, ``disliked@10`` (the same gain summed over held-out titles the
+   user rated low, shown in the list: 20% of each user's ratings <= 2 are held out too),
+   personalisation (overlap at 10 between this user's list and a seeded other user's list for
+   the same message: 1 means not personalised), refusal respected (the refused item never
+   listed again in the thread), and each turn's latency (p50, p95).
 5. **Tuning.** The request mix (:class:`personas.request.RequestConfig`: the weights of the
    free-text and "like X" matches, the reference's text and category shares, the dislike
    penalty, and the persona boost) is chosen on a validation split carved from the training
-   rows (:func:`evals.splits.validation_split`), by NDCG@10 of the held-out item over the four
-   request types, never on test; the grid and the choice are in the results.
+   rows (:func:`evals.splits.validation_split`, with its own held-out dislikes), never on test,
+   by ``0.5 (NDCG@10 - disliked@10) + 0.5 satisfaction`` over the request types each weight
+   affects: a list must be what was asked for, and hold titles the person would like, not ones
+   they would rate low. The grid and the choice are in the results.
 
 Example:
     >>> from memory.loaders import DataSource
@@ -114,6 +118,11 @@ class ChatEvalConfig(BaseModel):
     """Systems compared (see the module docstring)."""
     tune: bool = True
     """Choose the request mix on a validation split (else the configured defaults)."""
+    dislike_fraction: float = Field(0.2, ge=0, lt=1)
+    """Share of each user's low-rated rows (ratings at or below ``dislike_rating``) held out
+    too: titles they would rate low, which a good list does not show."""
+    dislike_rating: float = 2.0
+    """Ratings at or below this are dislikes."""
     bootstrap: int = Field(1000, ge=100)
     """Bootstrap resamples of the intervals."""
     mode: str = "persona_calibrated"
@@ -205,7 +214,7 @@ def make_probes(engine, held_out: dict[str, list[str]], n_users: int, seed: int)
         noun = category_phrase(g)
         p.messages = {
             "category": noun,
-            "category_period": f"{noun} from the {decade % 100:02d}s" if decade >= 1900 else f"{noun} from the {decade}s",
+            "category_period": f"{noun} from the {decade % 100}s" if 1920 <= decade < 2000 else f"{noun} from the {decade}s",
             "like_item": f"something like {display_title(cat.get(anchor).title)}",
             "free_text": _free_text(it.title, g, rng),
         }
@@ -246,7 +255,7 @@ class PluralChat(ChatSystem):
 
     name = "chat"
 
-    def __init__(self, engine, k: int, mode: str, request_config=None, route_boost: float | None = None):
+    def __init__(self, engine, k: int, mode: str, request_config=None):
         super().__init__(engine, k, mode)
         from agent.api import PluralAgent
         from agent.runtime import AgentConfig, AgentRuntime
@@ -254,9 +263,7 @@ class PluralChat(ChatSystem):
         if request_config is not None:
             engine.config = engine.config.model_copy(update={"request": request_config})
             engine.recommender.request_scorer = None
-        language = {"route_boost": route_boost} if route_boost is not None else {}
-        self.agent = PluralAgent(AgentRuntime(engine, None, AgentConfig(k=k, mode=mode, llm_prose="off",
-                                                                        language=language)))
+        self.agent = PluralAgent(AgentRuntime(engine, None, AgentConfig(k=k, mode=mode, llm_prose="off")))
 
     def turn(self, user: str, thread: str, message: str) -> list[str]:
         reply = self.agent.chat(user, message, thread)
@@ -437,13 +444,17 @@ class _Judge:
         return [self.engine.catalog.item(i).item_id for i in out]
 
 
-def _ranking(ids: Sequence[str], target: str, k: int) -> dict[str, float]:
+def _ranking(ids: Sequence[str], target: str, k: int, dislikes: set[str] | None = None) -> dict[str, float]:
+    """HR and NDCG of ``target`` at 5 and ``k``; with ``dislikes``, ``disliked@k``: the same gain
+    (1 / log2(rank + 1)) summed over the held-out disliked titles the list shows."""
     rank = ids.index(target) + 1 if target in ids else None
     out = {}
     for cut in (5, k):
         hit = rank is not None and rank <= cut
         out[f"hr@{cut}"] = 1.0 if hit else 0.0
         out[f"ndcg@{cut}"] = 1.0 / np.log2(rank + 1) if hit else 0.0
+    if dislikes is not None:
+        out[f"disliked@{k}"] = float(sum(1.0 / np.log2(r + 2) for r, i in enumerate(ids[:k]) if i in dislikes))
     return out
 
 
@@ -463,9 +474,11 @@ class _Run:
 
 
 def run_system(system: ChatSystem, probes: Sequence[Probe], judge: _Judge, k: int, *, follow_ups: bool = True,
-               personalisation: bool = True, tick: Callable[[], None] | None = None,
-               examples: int = 0) -> _Run:
-    """Send every probe's messages to ``system`` and measure the answers."""
+               personalisation: bool = True, tick: Callable[[], None] | None = None, examples: int = 0,
+               dislikes: dict[str, set[str]] | None = None) -> _Run:
+    """Send every probe's messages to ``system`` and measure the answers (``dislikes``: each
+    user's held-out low-rated titles)."""
+    dislikes = dislikes or {}
     run = _Run()
     cat = judge.engine.catalog
 
@@ -483,7 +496,7 @@ def run_system(system: ChatSystem, probes: Sequence[Probe], judge: _Judge, k: in
     for n, p in enumerate(probes):
         for t in REQUEST_TYPES:
             ids = ask(p.user, f"{p.user}-{t}", p.messages[t])
-            row = {"user": p.user, **_ranking(ids, p.target, k), "n_items": len(ids)}
+            row = {"user": p.user, **_ranking(ids, p.target, k, dislikes.get(p.user, set())), "n_items": len(ids)}
             if t in ("category", "free_text"):
                 row["satisfaction"] = judge.satisfied(ids, p.category)
             elif t == "category_period":
@@ -515,7 +528,7 @@ def run_system(system: ChatSystem, probes: Sequence[Probe], judge: _Judge, k: in
                 run.rows["refusal"].append({"user": p.user, "satisfaction": float(refused not in more)})
                 popular = judge.popular_unseen(p.user, k, first)
                 run.rows["more_like"].append({
-                    "user": p.user, **_ranking(more, p.target, k), "n_items": len(more),
+                    "user": p.user, **_ranking(more, p.target, k, dislikes.get(p.user, set())), "n_items": len(more),
                     "satisfaction": judge.genre_overlap(more, ref), "co_rating": judge.co_rating(more, ref),
                     "popular_genre_overlap": judge.genre_overlap(popular, ref),
                     "popular_co_rating": judge.co_rating(popular, ref)})
@@ -536,18 +549,23 @@ def _summary(rows: list[dict], n_resamples: int, seed: int) -> dict:
 
 # ---- tuning ------------------------------------------------------------------------------------
 TUNING_GRID: dict[str, list] = {
-    "route_boost": [1.0, 1.5, 2.0, 3.0],
+    "persona_boost": [1.0, 1.5, 2.0, 3.0],
     "history_focus": [0.0, 0.25, 0.5, 1.0, 2.0],
     "mix": [0.0, 0.5, 1.0, 2.0, 4.0, 8.0],
     "reference_mix": [0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
     "reference_shares": [(0.3, 0.3), (0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.2, 0.5), (0.4, 0.4)],
     "reference_pool": [30, 50, 100, 200],
-    "dislike_weight": [0.0, 0.1, 0.25, 0.5, 1.0],
+    "dislikes": [(10, 0.0), (5, 1.0), (5, 2.0), (5, 4.0), (10, 1.0), (10, 2.0), (10, 4.0), (0, 1.0), (0, 2.0)],
 }
-"""Coordinate search, in this order, each coordinate judged on the request types it affects."""
-_TUNED_ON = {"route_boost": ("category", "category_period"), "history_focus": ("category", "category_period"),
+"""Coordinate search, in this order, each coordinate judged on the request types it affects.
+``dislikes`` pairs (``dislike_neighbours``, ``dislike_weight``); the settings within one standard
+error of its best are equally good, and of those the one that shows the fewest held-out
+dislikes is chosen (a title the person would rate low is what they notice)."""
+_TUNED_ON = {"persona_boost": ("category", "category_period"), "history_focus": ("category", "category_period"),
              "mix": ("free_text",), "reference_mix": ("like_item",), "reference_shares": ("like_item",),
-             "reference_pool": ("like_item",), "dislike_weight": REQUEST_TYPES}
+             "reference_pool": ("like_item",), "dislikes": REQUEST_TYPES}
+_PAIRS = {"reference_shares": ("reference_text_share", "reference_genre_share"),
+          "dislikes": ("dislike_neighbours", "dislike_weight")}
 
 
 def _satisfaction(judge: "_Judge", p: Probe, t: str, ids: Sequence[str]) -> float:
@@ -559,54 +577,61 @@ def _satisfaction(judge: "_Judge", p: Probe, t: str, ids: Sequence[str]) -> floa
 
 
 def _score_config(engine, judge: "_Judge", parsed: dict[tuple[str, str], Any], probes: Sequence[Probe], k: int,
-                  mode: str, request_config, route_boost: float, types: Sequence[str]) -> float:
-    """The tuning objective over ``types``: the mean of NDCG@k of the held-out item and the
-    request's satisfaction (0 for an empty list), through the chat's request path
-    (:meth:`agent.engine.Engine.recommend_request` on the rules' reading of each message): a
-    list must be both what the person asked for and what they are likely to like."""
+                  mode: str, request_config, types: Sequence[str],
+                  dislikes: dict[str, set[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per (probe, request type): the tuning objective, through the chat's request path
+    (:meth:`agent.engine.Engine.recommend_request` on the rules' reading of each message),
+    ``0.5 * (NDCG@k - disliked@k) + 0.5 * satisfaction`` (satisfaction 0 for an empty list),
+    and disliked@k alone. A list must be what the person asked for, and hold what they would
+    like, not what they would rate low."""
     engine.config = engine.config.model_copy(update={"request": request_config})
     engine.recommender.request_scorer = None
-    vals = []
+    vals, bad = [], []
     for p in probes:
         for t in types:
-            out = engine.recommend_request(p.user, parsed[(p.user, t)], k, mode, route_boost=route_boost)
+            out = engine.recommend_request(p.user, parsed[(p.user, t)], k, mode)
             ids = [r.item_id for r in out.items]
             sat = _satisfaction(judge, p, t, ids)
-            vals.append(0.5 * _ranking(ids, p.target, k)[f"ndcg@{k}"] + 0.5 * (0.0 if np.isnan(sat) else sat))
-    return float(np.mean(vals)) if vals else 0.0
+            r = _ranking(ids, p.target, k, dislikes.get(p.user, set()))
+            vals.append(0.5 * (r[f"ndcg@{k}"] - r[f"disliked@{k}"]) + 0.5 * (0.0 if np.isnan(sat) else sat))
+            bad.append(r[f"disliked@{k}"])
+    return np.asarray(vals, dtype=np.float64), np.asarray(bad, dtype=np.float64)
 
 
-def tune_request_mix(engine, probes: Sequence[Probe], k: int, mode: str, base_config, base_boost: float,
-                     tick: Callable[[], None] | None = None) -> dict:
+def tune_request_mix(engine, probes: Sequence[Probe], k: int, mode: str, base_config,
+                     tick: Callable[[], None] | None = None, dislikes: dict[str, set[str]] | None = None) -> dict:
     """Coordinate search over :data:`TUNING_GRID` on validation probes; returns the choice and the grid."""
     from agent.request_parser import parse_request
 
     parsed = {(p.user, t): parse_request(p.messages[t], engine.parse_context(p.user))
               for p in probes for t in REQUEST_TYPES}
     judge = _Judge(engine)
-    cfg, boost = base_config, base_boost
+    cfg = base_config
     trace = []
     for name, values in TUNING_GRID.items():
         types = _TUNED_ON[name]
         scored = []
         for v in values:
-            if name == "route_boost":
-                c, b = cfg, float(v)
-            elif name == "reference_shares":
-                c, b = cfg.model_copy(update={"reference_text_share": v[0], "reference_genre_share": v[1]}), boost
-            else:
-                c, b = cfg.model_copy(update={name: v}), boost
-            scored.append((_score_config(engine, judge, parsed, probes, k, mode, c, b, types), v, c, b))
+            fields = _PAIRS.get(name)
+            c = cfg.model_copy(update=dict(zip(fields, v)) if fields else {name: v})
+            obj, bad = _score_config(engine, judge, parsed, probes, k, mode, c, types, dislikes or {})
+            scored.append({"value": list(v) if isinstance(v, tuple) else v, "objective": float(obj.mean()),
+                           "se": float(obj.std(ddof=1) / np.sqrt(len(obj))) if len(obj) > 1 else 0.0,
+                           f"disliked@{k}": float(bad.mean()), "config": c})
             if tick:
                 tick()
-        best = max(scored, key=lambda s: s[0])
+        best = max(scored, key=lambda e: e["objective"])
+        chosen = best
+        if name == "dislikes":  # one-standard-error rule, preferring lists with fewer held-out dislikes
+            near = [e for e in scored if e["objective"] >= best["objective"] - best["se"]]
+            chosen = min(near, key=lambda e: (e[f"disliked@{k}"], -e["objective"]))
         trace.append({"parameter": name, "judged_on": list(types),
-                      "values": [{"value": list(v) if isinstance(v, tuple) else v, "objective": _num(s)}
-                                 for s, v, _, _ in scored],
-                      "chosen": list(best[1]) if isinstance(best[1], tuple) else best[1]})
-        _, _, cfg, boost = best
-    return {"request_config": cfg.model_dump(), "route_boost": boost, "grid": trace,
-            "objective": f"mean of NDCG@{k} of the held-out item and the request's satisfaction, on validation"}
+                      "values": [{key: (_num(v) if isinstance(v, float) else v) for key, v in e.items()
+                                  if key != "config"} for e in scored],
+                      "chosen": chosen["value"]})
+        cfg = chosen["config"]
+    return {"request_config": cfg.model_dump(), "grid": trace,
+            "objective": f"0.5 (NDCG@{k} of the held-out liked item - disliked@{k}) + 0.5 satisfaction, on validation"}
 
 
 def _tuning_steps() -> int:
@@ -633,30 +658,31 @@ class ChatEvaluation:
         cfg = self.config
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        split = split_dataset(self.dataset, cfg.split)
+        split, dislikes = hold_out_dislikes(split_dataset(self.dataset, cfg.split), cfg.dislike_fraction,
+                                            cfg.dislike_rating, cfg.seed)
         held_out = _liked_held_out(split)
         tuning = None
-        request_config, boost = self.engine_config.request, None
+        request_config = self.engine_config.request
         if cfg.tune:
             t = time.perf_counter()
-            val = validation_split(split)
+            val, val_dislikes = hold_out_dislikes(validation_split(split), cfg.dislike_fraction, cfg.dislike_rating,
+                                                  cfg.seed + 1)
             val_engine = build_train_engine(self.dataset, val, self.engine_config, folder / "validation")
             check_no_leak(val_engine, _liked_held_out(val))
+            check_no_leak(val_engine, {u: sorted(v) for u, v in val_dislikes.items()})
             val_probes = make_probes(val_engine, _liked_held_out(val), cfg.tune_users, cfg.seed + 1)
-            from agent.language import LanguageConfig
-
             tick = self._progress("Choosing the request mix (validation)", _tuning_steps())
-            tuning = tune_request_mix(val_engine, val_probes, cfg.k, cfg.mode, request_config,
-                                      LanguageConfig().route_boost, tick)
+            tuning = tune_request_mix(val_engine, val_probes, cfg.k, cfg.mode, request_config, tick, val_dislikes)
             tuning["users"] = len(val_probes)
             val_engine.close()
             from personas.request import RequestConfig
 
-            request_config, boost = RequestConfig.model_validate(tuning["request_config"]), tuning["route_boost"]
+            request_config = RequestConfig.model_validate(tuning["request_config"])
             timings["tune"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
         base = build_train_engine(self.dataset, split, self.engine_config, folder / "test")
         leak = check_no_leak(base, _items_by_user(split.test))
+        check_no_leak(base, {u: sorted(v) for u, v in dislikes.items()})
         probes = make_probes(base, held_out, cfg.users, cfg.seed)
         judge = _Judge(base)
         timings["build"] = round(time.perf_counter() - t, 2)
@@ -669,7 +695,7 @@ class ChatEvaluation:
             shutil.copytree(base.data_dir, copy_dir)
             engine = Engine.open_data_dir(copy_dir)
             if name == "chat":
-                system: ChatSystem = PluralChat(engine, cfg.k, cfg.mode, request_config, boost)
+                system: ChatSystem = PluralChat(engine, cfg.k, cfg.mode, request_config)
             elif name == "chat_before":
                 system = LegacyChat(engine, cfg.k, cfg.mode)
             elif name == "request_only":
@@ -678,16 +704,16 @@ class ChatEvaluation:
                 system = EaseFilter(engine, cfg.k, cfg.mode)
             tick = self._progress(f"{SYSTEM_NAMES[name]}", len(probes))
             try:
-                runs[name] = run_system(system, probes, judge, cfg.k, tick=tick, examples=3)
+                runs[name] = run_system(system, probes, judge, cfg.k, tick=tick, examples=3, dislikes=dislikes)
             finally:
                 system.close()
                 engine.close()
             timings[name] = round(time.perf_counter() - t, 2)
         base.close()
         timings["total"] = round(time.perf_counter() - t0, 2)
-        return self._document(probes, runs, split, leak, tuning, request_config, boost, timings)
+        return self._document(probes, runs, split, leak, tuning, request_config, timings)
 
-    def _document(self, probes, runs: dict[str, _Run], split: Split, leak: dict, tuning, request_config, boost,
+    def _document(self, probes, runs: dict[str, _Run], split: Split, leak: dict, tuning, request_config,
                   timings: dict) -> dict:
         cfg = self.config
         results: dict[str, dict[str, Any]] = {}
@@ -702,7 +728,7 @@ class ChatEvaluation:
             "split": {"seed": cfg.split.seed, "held_out_positives": len(split.test), "users": len(split.users)},
             "leak_check": leak, "simulated_users": len(probes),
             "systems": {n: SYSTEM_NAMES[n] for n in runs},
-            "request_mix": {"request_config": request_config.model_dump(), "route_boost": boost,
+            "request_mix": {"request_config": request_config.model_dump(),
                             "chosen_on": "validation" if tuning else "defaults"},
             "tuning": tuning, "results": results, "latency": latency,
             "examples": {n: run.examples for n, run in runs.items()},
@@ -711,6 +737,23 @@ class ChatEvaluation:
         }
         doc["targets"] = _targets(doc, cfg.k)
         return doc
+
+
+def hold_out_dislikes(split: Split, fraction: float, rating: float, seed: int) -> tuple[Split, dict[str, set[str]]]:
+    """``split`` with ``fraction`` of each user's low-rated training rows removed (seeded), and
+    those held-out dislikes per user. The engine never sees them; a list that shows one shows a
+    title the user would rate low."""
+    import dataclasses
+
+    tr = split.train
+    low = np.flatnonzero(np.asarray(tr.ratings) <= rating) if tr.ratings is not None else np.zeros(0, np.int64)
+    pick = low[np.random.default_rng(seed + 7919).random(len(low)) < fraction] if fraction > 0 else low[:0]
+    keep = np.ones(len(tr), dtype=bool)
+    keep[pick] = False
+    held: dict[str, set[str]] = {}
+    for i in pick:
+        held.setdefault(str(tr.users[i]), set()).add(str(tr.items[i]))
+    return dataclasses.replace(split, train=tr.take(keep)), held
 
 
 def _liked_held_out(split: Split) -> dict[str, list[str]]:
@@ -778,7 +821,8 @@ def markdown_chat_report(doc: dict) -> str:
         sim = t in ("like_item", "more_like")
         head = ("| system | genre overlap with X (popular: same) | co-rating with X (popular) |" if sim else
                 "| system | satisfied |")
-        head += f" HR@5 | HR@{k} | NDCG@5 | NDCG@{k} |" + (" overlap@10 with another user |" if t in REQUEST_TYPES else "")
+        head += (f" HR@5 | HR@{k} | NDCG@5 | NDCG@{k} | disliked@{k} |"
+                 + (" overlap@10 with another user |" if t in REQUEST_TYPES else ""))
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for s in systems:
             m = res.get(s)
@@ -787,7 +831,7 @@ def markdown_chat_report(doc: dict) -> str:
                        f"| {_cell(m, 'co_rating')} ({_fmt(m['popular_co_rating']['mean'], 3)}) |")
             else:
                 row = f"| {doc['systems'][s]} | {_cell(m, 'satisfaction')} |"
-            row += "".join(f" {_cell(m, key)} |" for key in ("hr@5", f"hr@{k}", "ndcg@5", f"ndcg@{k}"))
+            row += "".join(f" {_cell(m, key)} |" for key in ("hr@5", f"hr@{k}", "ndcg@5", f"ndcg@{k}", f"disliked@{k}"))
             if t in REQUEST_TYPES:
                 row += f" {_cell(m, 'overlap')} |"
             lines.append(row)
@@ -809,8 +853,8 @@ def markdown_chat_report(doc: dict) -> str:
         lines.append(f"- p50 turn {_fmt(p['value_ms'], 1)} ms (bar 1000 ms): {'met' if p['met'] else 'NOT met'}")
     mix = doc["request_mix"]
     lines += ["", "## Request mix", "",
-              f"Chosen on {mix['chosen_on']} (objective: {(doc.get('tuning') or {}).get('objective', 'none')}): route boost "
-              f"{mix['route_boost']}, " + ", ".join(f"{key} {v}" for key, v in mix["request_config"].items()) + "."]
+              f"Chosen on {mix['chosen_on']} (objective: {(doc.get('tuning') or {}).get('objective', 'none')}): "
+              + ", ".join(f"{key} {v}" for key, v in mix["request_config"].items()) + "."]
     if doc.get("tuning"):
         for step in doc["tuning"]["grid"]:
             vals = ", ".join(f"{v['value']}: {_fmt(v['objective'], 4)}" for v in step["values"])

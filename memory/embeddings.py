@@ -9,6 +9,8 @@ words get similar vectors, which is enough structure for tests.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import os
 import re
@@ -192,7 +194,8 @@ class SentenceTransformerEmbedder(Embedder):
 
             device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
             try:
-                self._model = SentenceTransformer(self._path, device=device)
+                with quiet_loading():
+                    self._model = SentenceTransformer(self._path, device=device)
             except Exception as e:  # noqa: BLE001 - report which model failed and what is available
                 raise UsageError("embedding model", self.config.model,
                                  f"'{DEFAULT_EMBEDDING_MODEL}' (packaged), a local sentence-transformers folder, or a "
@@ -228,3 +231,18 @@ def make_embedder(name: str = DEFAULT_EMBEDDING_MODEL, **kwargs) -> Embedder:
         dim = int(name.split(":", 1)[1]) if ":" in name else 384
         return HashEmbedder(dim=dim, seed=kwargs.get("seed", 0))
     return SentenceTransformerEmbedder(model=name, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Load weights without transformers' per-tensor "Loading weights" bar (a model loads once
+    per process, and the caller says what it loads); the bar's previous state is restored."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

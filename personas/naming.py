@@ -98,6 +98,10 @@ class TemplatePersonaWriter(PersonaWriter):
 
     def names(self, drafts: Sequence[PersonaDraft]) -> list[str]:
         """One distinct name per draft (see the class docstring)."""
+        return self._names(drafts)[0]
+
+    def _names(self, drafts: Sequence[PersonaDraft]) -> tuple[list[str], list[list[str]]]:
+        """The names and the categories each one names."""
         ranked = [self._ranked_categories(d) for d in drafts]
         parts = [self._base_name(d, cats) for d, cats in zip(drafts, ranked)]
         eras: list[str | None] = [None] * len(drafts)
@@ -140,14 +144,15 @@ class TemplatePersonaWriter(PersonaWriter):
                 if title:
                     hints[k] = title
                     used.add(title)
-        return [render(k) for k in range(len(drafts))]
+        return [render(k) for k in range(len(drafts))], parts
 
     def write(self, user_id: str, drafts: Sequence[PersonaDraft]) -> list[tuple[str, str]]:
         ranked = [self._ranked_categories(d) for d in drafts]
-        names = self.names(drafts)
+        names, named = self._names(drafts)
         out = []
-        for d, name, cats in zip(drafts, names, ranked):
+        for d, name, cats, in_name in zip(drafts, names, ranked, named):
             main = [g for g in cats if d.category_shares.get(g, 0) >= self.min_share][:3] or cats[:1]
+            main = list(dict.fromkeys([*main, *in_name]))[:3]  # the description speaks of what the name says
             share = sum(d.category_shares.get(g, 0) for g in main)
             titles = list(dict.fromkeys(_strip_year(t) for t in d.titles))[: self.n_titles]
             era = _decade(d.titles)

@@ -7,25 +7,27 @@ is parsed (:mod:`agent.request_parser`, rules, optionally an LLM validated again
 * **hard constraints filter** the candidates: wanted categories (an item needs at least one of
   them), unwanted categories (it may have none), a period of release years, excluded items;
 * **soft constraints re-score**: free-text content (cosine to the request in the item text
-  space) and a reference item ("like X": its neighbours under the collaborative scorer and in
-  the text space) give each candidate a request match ``m(i)`` in [0, 1], and titles the user
-  rated low give a penalty ``d(i)`` in [0, 1] (their collaborative neighbours). The final score
-  is
+  space) and a reference item ("like X": its neighbours under the collaborative scorer, in the
+  text space and by category overlap) give each candidate a request match in [0, 1]; the titles
+  the user rated low are a negative history. The final score is
 
-  ``s(i) = p(i) + f(i) + h(i) + sigma * (mix * (c(i) + t(i)) + reference_mix * r(i) - dislike_weight * d(i))``
+  ``s(i) = p(i) + f(i) + h(i) - dislike_weight * n(i) + sigma * (mix * (c(i) + t(i)) + reference_mix * r(i))``
 
-  with ``c`` the category match (several wanted categories: the first named counts fully),
-  ``t`` the free-text match and ``r`` the reference match, each in [0, 1], ``h`` the history
-  focus (``history_focus`` times the score that the user's own items of the wanted categories
-  give ``i``) and ``f`` the boost of the personas the request activates (``route_boost - 1``
-  times their contributions),
+  where ``p(i)`` is the personalised score (the exact sum of the persona contributions, as
+  without a request), ``f`` the boost of the personas the request activates (``persona_boost -
+  1`` times their contributions), ``h`` the history focus (``history_focus`` times the score
+  that the user's own items of the wanted categories give ``i``), ``n(i) = sum_d max(B[d, i], 0)``
+  the score the user's low-rated titles would give ``i``, counting each title's closest
+  ``dislike_neighbours`` only (its close relatives drop, a sequel of three disliked sequels
+  above all), ``c`` the category match (several wanted categories:
+  the first named counts fully), ``t`` the free-text match and ``r`` the reference match, each
+  in [0, 1], and ``sigma`` the spread of the user's best 100 candidates (best minus 100th best:
+  ``mix`` is scale-free, 1.0 moves an item across the competitive part of the list).
 
-  where ``p(i)`` is the personalised score (the exact sum of the persona contributions),
-  ``sigma`` the spread of the user's best 100 candidates (best minus 100th best: ``mix`` is
-  scale-free, 1.0 moves an item across the competitive part of the list), and ``mix`` and
-  ``dislike_weight`` are :class:`RequestConfig` fields chosen by ``plural eval chat`` on a
-  validation split (see the README). The personalised part keeps its exact attribution: the
-  persona contributions of ``p(i)`` are untouched; the request term is reported beside them.
+  Every weight is a :class:`RequestConfig` field chosen by ``plural eval chat`` on a validation
+  split (see the README). The personalised part keeps its exact attribution: the persona
+  contributions of ``p(i)`` are untouched; the request term is reported beside them
+  (``Recommendation.request_term``).
 """
 
 from __future__ import annotations
@@ -132,35 +134,43 @@ class Request(BaseModel):
 
 
 class RequestConfig(BaseModel):
-    """How a :class:`Request` re-scores the personalised list (chosen by ``plural eval chat``)."""
+    """How a :class:`Request` re-scores the personalised list. The defaults are the mix ``plural
+    eval chat`` chose on ML-100K's validation split (the mean of NDCG@10 of a held-out liked item
+    and the request's satisfaction; see the README's chat results), never set by hand."""
 
     model_config = ConfigDict(extra="forbid")
 
-    mix: float = Field(1.0, ge=0)
-    """Weight of the free-text and category match, in standard deviations of the user's scores
-    over the candidates: 0 ranks by the personalised score alone (the request only filters)."""
-    reference_mix: float = Field(2.0, ge=0)
+    mix: float = Field(8.0, ge=0)
+    """Weight of the free-text and category match, in units of the spread of the user's scores
+    (see ``spread_top``): 0 ranks by the personalised score alone (the request only filters)."""
+    reference_mix: float = Field(8.0, ge=0)
     """Weight of the "like X" match, in the same units as ``mix``."""
     secondary_category_share: float = Field(0.5, ge=0, le=1)
     """Several wanted categories: an item with the first one (the one the words name most
     directly, e.g. Horror for "scary") matches 1, one with only a later one this share."""
-    reference_text_share: float = Field(0.3, ge=0, le=1)
+    reference_text_share: float = Field(0.0, ge=0, le=1)
     """"Like X": share of the text-space cosine in the reference match."""
-    reference_genre_share: float = Field(0.3, ge=0, le=1)
+    reference_genre_share: float = Field(0.5, ge=0, le=1)
     """"Like X": share of the category overlap (Jaccard of the two items' categories) in the
     reference match; the rest (1 - text share - genre share) is the collaborative scorer's
     item-item weight, rescaled to [0, 1] over the catalog."""
-    reference_pool: int = Field(100, gt=0)
+    reference_pool: int = Field(30, gt=0)
     """"Like X": only the reference's ``reference_pool`` nearest items are candidates (the
     list must be visibly like it); fewer candidates than ``k`` widen the pool to all."""
     content_pool: int = Field(100, gt=0)
     """Free-text content: only the ``content_pool`` best-matching items are candidates."""
-    history_focus: float = Field(0.5, ge=0)
+    persona_boost: float = Field(3.0, ge=1.0)
+    """Multiplier of the contributions of the personas a request activates (those holding its
+    categories); 1 boosts none."""
+    history_focus: float = Field(1.0, ge=0)
     """A request for categories: the user's own history items in them count ``1 + history_focus``
     times in the score (0: the whole history counts alike)."""
-    dislike_weight: float = Field(1.0, ge=0)
-    """Weight of the penalty from titles the user rated low (or disliked in conversation), in
-    standard deviations: their close collaborative neighbours drop."""
+    dislike_weight: float = Field(2.0, ge=0)
+    """Weight of the negative history: the score the titles the user rated low (or disliked in
+    conversation) give an item is subtracted this many times, so their close neighbours drop."""
+    dislike_neighbours: int = Field(10, ge=0)
+    """Only an item among the ``dislike_neighbours`` closest neighbours of a low-rated title (by
+    the scorer's weights) is pulled down by it; 0: every item it has a positive weight to."""
     spread_top: int = Field(100, gt=1)
     """The unit of ``mix``: the best candidate's personalised score minus the ``spread_top``-th
     best's, so that 1.0 moves an item across the user's competitive candidates."""
@@ -303,17 +313,21 @@ class RequestScorer:
         return np.sum(parts, axis=0), pool
 
     def dislike_penalty(self, disliked: Sequence[int]) -> np.ndarray | None:
-        """Per item in [0, 1]: its strongest positive collaborative weight from a disliked item,
-        relative to the largest such weight in the catalog (None when nothing was disliked)."""
-        d = np.asarray(list(disliked), dtype=np.int64)
+        """``n(i) = sum_d max(B[d, i], 0)`` over the disliked item positions ``d``, counting only
+        the ``dislike_neighbours`` strongest weights of each ``d`` (its close relatives; 0: all),
+        in score units (0 for the disliked items themselves; None when nothing was disliked)."""
+        d = np.unique(np.asarray(list(disliked), dtype=np.int64))
         if len(d) == 0:
             return None
         rows = self.B[d]
-        rows = np.asarray(rows.todense()) if hasattr(rows, "todense") else np.asarray(rows)
-        pen = np.clip(rows, 0, None).max(axis=0).astype(np.float64)
+        rows = np.clip(np.asarray(rows.todense()) if hasattr(rows, "todense") else np.asarray(rows), 0, None)
+        m = self.config.dislike_neighbours
+        if 0 < m < rows.shape[1]:
+            cut = -np.partition(-rows, m - 1, axis=1)[:, m - 1:m]  # each row's m-th largest weight
+            rows = np.where(rows >= cut, rows, 0.0)
+        pen = rows.sum(axis=0).astype(np.float64)
         pen[d] = 0.0
-        top = pen.max()
-        return pen / top if top > 0 else None
+        return pen
 
     def history_focus(self, request: Request, history: Sequence[int]) -> np.ndarray | None:
         """The extra score from the user's own history items in the wanted categories, times
@@ -331,21 +345,18 @@ class RequestScorer:
 
     def rescore(self, scores: np.ndarray, allowed: np.ndarray, match: np.ndarray | None,
                 penalty: np.ndarray | None, extra: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """``(final scores, request term)``: ``scores + sum(extra) + sigma * (match - dislike_weight
-        * penalty)``, with ``sigma`` the :func:`score_spread` of ``scores`` over ``allowed`` and
-        ``extra`` terms already in score units (persona boost, history focus)."""
+        """``(final scores, request term)``: ``scores + sum(extra) - dislike_weight * penalty +
+        sigma * match``, with ``sigma`` the :func:`score_spread` of ``scores`` over ``allowed``;
+        ``extra`` terms and ``penalty`` are in score units (persona boost, history focus)."""
         term = np.zeros(len(scores), dtype=np.float64)
         for t in extra:
             term += t
+        if penalty is not None:
+            term -= self.config.dislike_weight * penalty
+        if match is not None:
+            term += score_spread(scores[allowed] if allowed.any() else scores, self.config.spread_top) * match
         if match is None and penalty is None and not extra:
             return scores, term
-        sigma = score_spread(scores[allowed] if allowed.any() else scores, self.config.spread_top)
-        soft = np.zeros(len(scores), dtype=np.float64)
-        if match is not None:
-            soft += match
-        if penalty is not None:
-            soft -= self.config.dislike_weight * penalty
-        term += sigma * soft
         return (scores + term).astype(scores.dtype), term
 
 

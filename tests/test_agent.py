@@ -196,7 +196,7 @@ def test_drift_guard_rejects_a_rewrite_that_explains_the_evidence_worse(tmp_path
     bad = ("Cowboy Space", "Space dust in cowboy saloons, sheriffs, outlaws and horses on the frontier.")
     a = use_title_guard(PluralAgent(AgentRuntime(engine, make_llm(rewrite_text=bad, route_last=False),
                                                  AgentConfig(refine=RefineConfig(simulator="embedding")))))
-    r = a.chat("3", "something with starships", thread_id="g")
+    r = a.chat("3", "a space film with starships", thread_id="g")
     pid = r.items[0]["persona"]["id"]
     before = a.engine.persona_store.get("3").get(pid)
     assert before.name == "Space"

@@ -260,3 +260,53 @@ def test_recommend_cli_request_and_json_object(capsys, tmp_path, monkeypatch):
     assert set(out) == {"recommendations", "provenance", "meta"}
     assert len(out["recommendations"]) == 4 and all("Horror" in r["categories"] for r in out["recommendations"])
     assert out["provenance"]["request"]["wanted_categories"] == ["Horror"] and "latency_ms" in out["meta"]
+
+
+# ---- the LLM may fill the same object, checked against the catalog --------------------------
+def _reading(**kw) -> str:
+    import json
+
+    base = {"wanted_categories": [], "unwanted_categories": [], "like_title": None, "not_titles": [],
+            "list_position": None, "from_year": None, "to_year": None, "about": None}
+    return json.dumps({**base, **kw})
+
+
+def test_a_valid_llm_reading_is_used_and_the_thread_still_excludes_what_it_showed():
+    from agent.llm import ScriptedLLM
+    from agent.request_reader import read_request
+
+    llm = ScriptedLLM([_reading(wanted_categories=["Horror"], from_year=1980, to_year=1989, like_title="Aliens")])
+    r, meta = read_request("something as scary as Aliens, 80s please", ctx(shown=["8"], refused=["6"]), llm)
+    assert meta["source"] == "llm" and r.source == "llm"
+    assert r.wanted_categories == ["Horror"] and (r.period.start, r.period.end) == (1980, 1989)
+    assert r.reference_item == "5" and {"5", "6", "8"} <= set(r.exclude_items)
+    schema = llm.calls[0][0].json_schema
+    assert "Horror" in schema["properties"]["wanted_categories"]["items"]["enum"]  # only catalog genres
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (_reading(like_title="Jaws"), "unknown_title"),           # not a catalog title
+    (_reading(like_title="Heat"), "unknown_title"),           # a catalog title the message does not name
+    (_reading(about="ghosts and cat videos"), "invented_content"),
+    (_reading(from_year=1990, to_year=1980), "period"),
+    (_reading(list_position=4), "reference"),                  # the last list had 2 items
+    (_reading(wanted_categories=["Horror"], unwanted_categories=["Horror"]), "contradiction"),
+])
+def test_an_llm_reading_that_fails_a_check_falls_back_to_the_rules(answer, reason):
+    from agent.llm import ScriptedLLM
+    from agent.request_reader import read_request
+
+    llm = ScriptedLLM([answer, answer])
+    r, meta = read_request("a scary movie about ghosts", ctx(last_list=["1", "2"]), llm)
+    assert meta["source"] == "rules" and r == parse_request("a scary movie about ghosts", ctx(last_list=["1", "2"]))
+    assert meta["fallbacks"]["fallbacks"] == {reason: 1}
+
+
+def test_more_is_never_sent_to_the_llm():
+    from agent.llm import ScriptedLLM
+    from agent.request_reader import read_request
+
+    llm = ScriptedLLM([])
+    prev = Request(text="a western", wanted_categories=["Western"])
+    r, meta = read_request("more", ctx(previous=prev, shown=["3"]), llm)
+    assert r.wanted_categories == ["Western"] and "3" in r.exclude_items and not llm.calls

@@ -124,7 +124,8 @@ def build_graph(runtime: AgentRuntime, checkpointer=None):
             # "something else", "other ones": the previous request again, on titles not shown yet
             again, _ = runtime.parse_request(state["user_id"], "more", previous=previous, **thread)
             request = again.model_copy(update={"text": request.text})
-        routing = {"persona_focus": {pid: runtime.config.language.route_boost for pid in request.personas},
+        boost = runtime.engine.config.request.persona_boost
+        routing = {"persona_focus": {pid: boost for pid in request.personas},
                    "like_item": request.reference_item, "request": request.text,
                    "route_meta": {**meta, "persona_ids": request.personas}}
         out = {"routing": routing, "request": request.model_dump(mode="json")}

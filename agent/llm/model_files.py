@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+
 import importlib.util
 import logging
 import os
@@ -146,3 +147,4 @@ def convert_gguf(gguf: Path, cache_dir: Path | None = None) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+

@@ -471,9 +471,17 @@ def _plain(text: str) -> str:
 
 
 def _is_title(name: str, titles: Sequence[str]) -> bool:
-    """``name`` is one of ``titles`` (any article order, punctuation ignored)."""
+    """``name`` is one of ``titles``, or the opening words of one ("Three Colors" of "Three
+    Colors: Red"), in any article order, punctuation ignored."""
     plain = _plain(name)
-    return bool(plain) and any(plain == _plain(k) for t in titles for k in _title_keys(t))
+    if not plain:
+        return False
+    for t in titles:
+        for k in _title_keys(t):
+            pk = _plain(k)
+            if plain == pk or (len(plain.split()) >= 2 and f"{pk} ".startswith(f"{plain} ")):
+                return True
+    return False
 
 
 def _only_titles(text: str, titles: Sequence[str], min_other_words: int = 3) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.llm.base import Completion, LLMBackend, LLMRequest, SamplingConfig
 from agent.llm.model_files import DEFAULT_MODEL, PACKAGED_MODELS, resolve_model
+from memory.embeddings import quiet_loading
 from memory.errors import UsageError
 
 log = logging.getLogger("plural.llm")
@@ -176,7 +177,8 @@ class TransformersBackend(LLMBackend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if not getattr(self.tokenizer, "chat_template", None):
             raise UsageError("model", spec, "a chat (instruct) model: this tokenizer has no chat template")
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
+        with quiet_loading():
+            self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
         self.folder = folder
         self._compiler = None
         self._grammars: dict[str, Any] = {}
