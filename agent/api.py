@@ -306,7 +306,8 @@ class PluralAgent:
                     return
                 out.persona = outcome.model_dump(mode="json")
                 after = outcome.persona_after or {}
-                out.note = f"I also rewrote your \u201c{after.get('name')}\u201d taste: {after.get('description')}"
+                who = "The model rewrote" if ref.get("rewrite_source") not in (None, "template") else "I updated"
+                out.note = f"{who} your \u201c{after.get('name')}\u201d taste: {after.get('description')}"
             elif ref.get("proposed"):
                 out.note = ("The model proposed a new description of that taste, but it described the titles "
                             "you liked before less well, so I kept the current one.")

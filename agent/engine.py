@@ -235,6 +235,8 @@ class Engine:
         pset = self.recommender.persona_set(user_id)
         boost = self.config.request.persona_boost
         focus = {pid: boost for pid in request.personas if pid in pset.ids} if boost != 1.0 else {}
+        if request.has_constraints() and self.config.request.mode:
+            mode = self.config.request.mode
         return self.recommend(user_id, k, mode, persona_focus=focus or None, request=request,
                               disliked_items=disliked_items)
 

@@ -549,6 +549,7 @@ def _summary(rows: list[dict], n_resamples: int, seed: int) -> dict:
 
 # ---- tuning ------------------------------------------------------------------------------------
 TUNING_GRID: dict[str, list] = {
+    "mode": [None, "relevance"],
     "persona_boost": [1.0, 1.5, 2.0, 3.0],
     "history_focus": [0.0, 0.25, 0.5, 1.0, 2.0],
     "mix": [0.0, 0.5, 1.0, 2.0, 4.0, 8.0],
@@ -558,10 +559,11 @@ TUNING_GRID: dict[str, list] = {
     "dislikes": [(10, 0.0), (5, 1.0), (5, 2.0), (5, 4.0), (10, 1.0), (10, 2.0), (10, 4.0), (0, 1.0), (0, 2.0)],
 }
 """Coordinate search, in this order, each coordinate judged on the request types it affects.
-``dislikes`` pairs (``dislike_neighbours``, ``dislike_weight``); the settings within one standard
-error of its best are equally good, and of those the one that shows the fewest held-out
-dislikes is chosen (a title the person would rate low is what they notice)."""
-_TUNED_ON = {"persona_boost": ("category", "category_period"), "history_focus": ("category", "category_period"),
+``mode`` is the ranking mode of a list that answers a request (None: the chat's own mode).
+``dislikes`` pairs (``dislike_neighbours``, ``dislike_weight``); the settings whose objective is
+within one paired standard error of its best are equally good, and of those the one that shows
+the fewest held-out dislikes is chosen (a title the person would rate low is what they notice)."""
+_TUNED_ON = {"mode": REQUEST_TYPES, "persona_boost": ("category", "category_period"), "history_focus": ("category", "category_period"),
              "mix": ("free_text",), "reference_mix": ("like_item",), "reference_shares": ("like_item",),
              "reference_pool": ("like_item",), "dislikes": REQUEST_TYPES}
 _PAIRS = {"reference_shares": ("reference_text_share", "reference_genre_share"),
@@ -616,18 +618,20 @@ def tune_request_mix(engine, probes: Sequence[Probe], k: int, mode: str, base_co
             c = cfg.model_copy(update=dict(zip(fields, v)) if fields else {name: v})
             obj, bad = _score_config(engine, judge, parsed, probes, k, mode, c, types, dislikes or {})
             scored.append({"value": list(v) if isinstance(v, tuple) else v, "objective": float(obj.mean()),
-                           "se": float(obj.std(ddof=1) / np.sqrt(len(obj))) if len(obj) > 1 else 0.0,
-                           f"disliked@{k}": float(bad.mean()), "config": c})
+                           f"disliked@{k}": float(bad.mean()), "config": c, "per_probe": obj})
             if tick:
                 tick()
         best = max(scored, key=lambda e: e["objective"])
+        for e in scored:  # paired: every setting answered the same requests
+            diff = e["per_probe"] - best["per_probe"]
+            e["se_vs_best"] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
         chosen = best
         if name == "dislikes":  # one-standard-error rule, preferring lists with fewer held-out dislikes
-            near = [e for e in scored if e["objective"] >= best["objective"] - best["se"]]
+            near = [e for e in scored if e["objective"] >= best["objective"] - e["se_vs_best"]]
             chosen = min(near, key=lambda e: (e[f"disliked@{k}"], -e["objective"]))
         trace.append({"parameter": name, "judged_on": list(types),
                       "values": [{key: (_num(v) if isinstance(v, float) else v) for key, v in e.items()
-                                  if key != "config"} for e in scored],
+                                  if key not in ("config", "per_probe")} for e in scored],
                       "chosen": chosen["value"]})
         cfg = chosen["config"]
     return {"request_config": cfg.model_dump(), "grid": trace,
@@ -735,6 +739,7 @@ class ChatEvaluation:
             "probes": [{"user": p.user, "target": p.target, "messages": p.messages} for p in probes[:20]],
             "timings_s": timings,
         }
+        doc["paired"] = _paired(runs, cfg.k, cfg.bootstrap, cfg.seed)
         doc["targets"] = _targets(doc, cfg.k)
         return doc
 
@@ -754,6 +759,32 @@ def hold_out_dislikes(split: Split, fraction: float, rating: float, seed: int) -
     for i in pick:
         held.setdefault(str(tr.users[i]), set()).add(str(tr.items[i]))
     return dataclasses.replace(split, train=tr.take(keep)), held
+
+
+def _paired(runs: dict[str, "_Run"], k: int, n_resamples: int, seed: int) -> dict:
+    """Plural's chat against each other system, user by user (same users, same requests): the
+    difference of HR@k and NDCG@k means with a bootstrap 95% interval and a Wilcoxon p."""
+    from evals.stats import paired_comparison
+
+    if "chat" not in runs:
+        return {}
+    out: dict[str, dict] = {}
+    for t in (*REQUEST_TYPES, "more_like"):
+        mine = {r["user"]: r for r in runs["chat"].rows[t]}
+        out[t] = {}
+        for other, run in runs.items():
+            if other == "chat":
+                continue
+            theirs = {r["user"]: r for r in run.rows[t]}
+            users = [u for u in mine if u in theirs]
+            entry = {}
+            for key in (f"hr@{k}", f"ndcg@{k}"):
+                c = paired_comparison(np.array([mine[u][key] for u in users]), np.array([theirs[u][key] for u in users]),
+                                      n_resamples=n_resamples, seed=seed)
+                entry[key] = {"difference": _num(c.difference), "ci95": [_num(c.ci_low), _num(c.ci_high)],
+                              "p": _num(c.p_value), "n": c.n}
+            out[t][other] = entry
+    return out
 
 
 def _liked_held_out(split: Split) -> dict[str, list[str]]:
@@ -835,6 +866,20 @@ def markdown_chat_report(doc: dict) -> str:
             if t in REQUEST_TYPES:
                 row += f" {_cell(m, 'overlap')} |"
             lines.append(row)
+        lines.append("")
+    if doc.get("paired"):
+        lines += [f"## Plural's chat minus each other system, paired by user (HR@{k} and NDCG@{k})", "",
+                  "| request | " + " | ".join(doc["systems"][s] for s in systems if s != "chat") + " |",
+                  "|---|" + "---|" * (len(systems) - 1)]
+        for t, by in doc["paired"].items():
+            cells = []
+            for s in systems:
+                if s == "chat" or s not in by:
+                    continue
+                h, n = by[s][f"hr@{k}"], by[s][f"ndcg@{k}"]
+                cells.append(f"HR {_fmt(h['difference'], 3, sign=True)} [{_fmt(h['ci95'][0], 3, sign=True)}, "
+                             f"{_fmt(h['ci95'][1], 3, sign=True)}]; NDCG {_fmt(n['difference'], 3, sign=True)}")
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Turn latency", "", "| system | p50 (ms) | p95 (ms) | turns |", "|---|---|---|---|"]
     for s, v in doc["latency"].items():

@@ -36,7 +36,7 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from memory.catalog import Catalog
 from memory.errors import UsageError
@@ -140,6 +140,10 @@ class RequestConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    mode: str | None = None
+    """Ranking mode of a list that answers a request (None: the caller's mode, e.g. the chat's
+    ``persona_calibrated``); the person's request, not their history's genre mix, says what
+    the list should be."""
     mix: float = Field(8.0, ge=0)
     """Weight of the free-text and category match, in units of the spread of the user's scores
     (see ``spread_top``): 0 ranks by the personalised score alone (the request only filters)."""
@@ -176,6 +180,15 @@ class RequestConfig(BaseModel):
     best's, so that 1.0 moves an item across the user's competitive candidates."""
     dislike_threshold: float = 2.0
     """Ratings at or below this count as dislikes for the penalty."""
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, v: str | None) -> str | None:
+        from personas.ranking import RANKING_MODES
+
+        if v is not None and v not in RANKING_MODES:
+            raise ValueError(f"mode {v!r} is not a ranking mode; known: {sorted(RANKING_MODES)}")
+        return v
 
 
 def item_years(catalog: Catalog) -> np.ndarray:

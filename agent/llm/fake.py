@@ -1,7 +1,10 @@
 """``ScriptedLLM``: a deterministic backend that answers from a script and records every call.
 
 For logic tests anywhere in the project: no model, no network, exact control over what the
-"model" says (valid JSON, invalid JSON, hallucinated ids, an exception as if the server died).
+"model" says (valid JSON, invalid JSON, hallucinated ids, a server that is down). It keeps the
+:class:`~agent.llm.base.LLMBackend` contract like the real backends do (``tests/test_llm_contract.py``):
+text answers are cut at stop strings and at ``max_tokens`` (a token is a whitespace-separated
+word), ``n`` repeats the answer, and :meth:`ScriptedLLM.failing` fails the way a real backend does.
 
 Example:
     >>> llm = ScriptedLLM(lambda req: '{"persona_id": "p1"}')
@@ -13,12 +16,15 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 
-from agent.llm.base import Completion, LLMBackend, LLMError, LLMRequest
+from agent.llm.base import Completion, LLMBackend, LLMError, LLMRequest, cut_at_stop, error_completion
 
 Answer = str | Completion | BaseException
 """A scripted answer: text, a full ``Completion``, or an exception that ``generate`` raises."""
+
+_WORD = re.compile(r"\S+")
 
 
 class ScriptExhaustedError(LLMError):
@@ -29,10 +35,18 @@ class ScriptedLLM(LLMBackend):
     """Answers requests from a script.
 
     ``script`` is either a sequence of answers, consumed one per request in call order, or a
-    function of the request. An answer is a string (the completion text), a
-    :class:`Completion` (returned with the request's id filled in) or an exception, which
-    makes the whole ``generate`` call raise, as a dead server would. When a sequence runs out,
-    ``default`` is used if given, else :class:`ScriptExhaustedError` is raised.
+    function of the request. An answer is
+
+    * a string: what the model says, before sampling is applied: it is cut at the first stop
+      string (``finish_reason="stop"``; not for schema requests) and after ``max_tokens``
+      words (``"length"``), and repeated for the ``n - 1`` alternatives;
+    * a :class:`Completion`, returned as it is with the request's id filled in;
+    * an exception, which makes the whole ``generate`` call raise: a backend that breaks the
+      contract (real backends return error completions instead; :meth:`failing` does that),
+      to test that callers survive it.
+
+    When a sequence runs out, ``default`` is used if given, else :class:`ScriptExhaustedError`
+    is raised.
 
     ``calls`` holds the request batches of every ``generate`` call; ``requests`` flattens them.
     """
@@ -55,8 +69,10 @@ class ScriptedLLM(LLMBackend):
 
     @classmethod
     def failing(cls, error: BaseException, model: str = "scripted") -> ScriptedLLM:
-        """A backend whose every ``generate`` call raises ``error`` (a server that is down)."""
-        return cls(lambda _req: error, model=model)
+        """A backend that is down, failing as the real ones do: ``generate`` does not raise, and
+        every request gets an error completion (``finish_reason="error"``, empty text,
+        ``error="<ExceptionType>: <message>"``, here ``str(error)`` for the message)."""
+        return cls(lambda req: error_completion(req, error, backend=cls.name, model=model), model=model)
 
     @property
     def requests(self) -> list[LLMRequest]:
@@ -88,20 +104,26 @@ class ScriptedLLM(LLMBackend):
         for a in answers:
             if isinstance(a, BaseException):
                 raise a
-        out = []
-        for req, a in zip(requests, answers):
-            if isinstance(a, Completion):
-                out.append(a.model_copy(update={"request_id": req.request_id}))
-            else:
-                out.append(
-                    Completion(
-                        request_id=req.request_id,
-                        text=a,
-                        alternatives=[a] * (req.sampling.n - 1),
-                        completion_tokens=len(a.split()),
-                        prompt_tokens=sum(len(m.content.split()) for m in req.messages),
-                        backend=self.name,
-                        model=self.model_name,
-                    )
-                )
-        return out
+        return [self._complete(req, a) for req, a in zip(requests, answers)]
+
+    def _complete(self, req: LLMRequest, answer: str | Completion) -> Completion:
+        if isinstance(answer, Completion):
+            return answer.model_copy(update={"request_id": req.request_id})
+        s = req.sampling
+        text, reason = answer, "stop"
+        if req.json_schema is None:
+            text, _ = cut_at_stop(text, s.stop)
+        words = list(_WORD.finditer(text))
+        if len(words) > s.max_tokens:
+            text, reason = text[: words[s.max_tokens - 1].end()], "length"
+        text = text.strip()
+        return Completion(
+            request_id=req.request_id,
+            text=text,
+            alternatives=[text] * (s.n - 1),
+            finish_reason=reason,
+            completion_tokens=min(len(words), s.max_tokens) * s.n,
+            prompt_tokens=sum(len(m.content.split()) for m in req.messages),
+            backend=self.name,
+            model=self.model_name,
+        )

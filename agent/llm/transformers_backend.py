@@ -7,6 +7,11 @@ Requests that share sampling settings go through one left-padded ``generate`` ca
 (the engine vLLM uses too), so even a 135M model writes schema-valid JSON; the answer is still
 validated downstream, because a grammar cannot check meaning (or a cut-off at ``max_tokens``).
 
+Failures follow the :class:`~agent.llm.base.LLMBackend` contract: a request whose chat template
+or schema grammar fails gets its own error completion, a failed ``generate`` call gives the
+requests of its chunk one. Greedy search cannot return several sequences, so a greedy request
+with ``n > 1`` draws one and repeats it.
+
 Example:
     >>> llm = TransformersBackend()                      # doctest: +SKIP
     >>> llm.chat("Say hi", sampling=SamplingConfig(max_tokens=8)).text   # doctest: +SKIP
@@ -23,7 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agent.llm.base import Completion, LLMBackend, LLMRequest, SamplingConfig
+from agent.llm.base import Completion, LLMBackend, LLMRequest, SamplingConfig, cut_at_stop, error_completion
 from agent.llm.model_files import DEFAULT_MODEL, PACKAGED_MODELS, resolve_model
 from memory.embeddings import quiet_loading
 from memory.errors import UsageError
@@ -216,22 +221,28 @@ class TransformersBackend(LLMBackend):
             groups.setdefault(r.sampling.key(), []).append(i)
         with self._lock, self._threads():
             for idx in groups.values():
-                prompts = {i: self._render(requests[i]) for i in idx}
+                prompts: dict[int, str] = {}
+                for i in idx:
+                    try:  # a request that cannot be prepared fails alone (template, schema grammar)
+                        prompts[i] = self._render(requests[i])
+                        if requests[i].json_schema is not None:
+                            self._grammar(requests[i].json_schema)  # compiled once, then cached
+                    except Exception as e:  # noqa: BLE001 - reported in the completion
+                        log.warning("transformers could not prepare request %s: %s", requests[i].request_id, e)
+                        results[i] = error_completion(requests[i], e, backend=self.name, model=self.model_name)
                 # similar lengths together: less padding per chunk
-                idx = sorted(idx, key=lambda i: len(prompts[i]))
+                idx = sorted(prompts, key=lambda i: len(prompts[i]))
                 for start in range(0, len(idx), self.max_batch_size):
                     chunk = idx[start : start + self.max_batch_size]
+                    t0 = time.perf_counter()
                     try:
                         outs = self._run_chunk([requests[i] for i in chunk], [prompts[i] for i in chunk])
-                    except Exception as e:  # one failed chunk must not lose the other chunks
+                    except Exception as e:  # noqa: BLE001 - one failed chunk must not lose the others
                         log.exception("transformers generate failed for %d requests", len(chunk))
+                        latency = time.perf_counter() - t0
                         outs = [
-                            Completion(
-                                request_id=requests[i].request_id,
-                                finish_reason="error",
-                                error=f"{type(e).__name__}: {e}",
-                                backend=self.name,
-                                model=self.model_name,
+                            error_completion(
+                                requests[i], e, backend=self.name, model=self.model_name, latency_s=latency
                             )
                             for i in chunk
                         ]
@@ -266,7 +277,7 @@ class TransformersBackend(LLMBackend):
         )
         kwargs: dict[str, Any] = {
             "max_new_tokens": s.max_tokens,
-            "num_return_sequences": s.n,
+            "num_return_sequences": s.draws,  # greedy: one sample, repeated below
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": sorted(self._eos_ids),
         }
@@ -281,7 +292,7 @@ class TransformersBackend(LLMBackend):
                 _OpenAIPenalties(enc["input_ids"].shape[1], s.frequency_penalty, s.presence_penalty)
             )
         if any(g is not None for g in grammars):
-            processors.append(_GrammarConstraint([g for g in grammars for _ in range(s.n)]))
+            processors.append(_GrammarConstraint([g for g in grammars for _ in range(s.draws)]))
         if s.stop and not any(g is not None for g in grammars):
             # only without a grammar: a stop string cut mid-JSON would desynchronise the matcher
             kwargs.update(stop_strings=list(s.stop), tokenizer=self.tokenizer)
@@ -300,11 +311,13 @@ class TransformersBackend(LLMBackend):
         comps = []
         for j, req in enumerate(reqs):
             texts, reasons, n_tok = [], [], 0
-            for k in range(s.n):
-                text, reason, used = self._decode(new[j * s.n + k], s.stop if grammars[j] is None else [])
+            for k in range(s.draws):
+                text, reason, used = self._decode(new[j * s.draws + k], s.stop if grammars[j] is None else [])
                 texts.append(text)
                 reasons.append(reason)
                 n_tok += used
+            if s.draws < s.n:  # greedy: the one sample stands for all n
+                texts, n_tok = texts * s.n, n_tok * s.n
             comps.append(
                 Completion(
                     request_id=req.request_id,
@@ -330,10 +343,8 @@ class TransformersBackend(LLMBackend):
         text = self.tokenizer.decode(
             ids[: used if reason == "length" else used - 1], skip_special_tokens=True
         )
-        cuts = [text.find(x) for x in stop if x and x in text]
-        if cuts:
-            text, reason = text[: min(cuts)], "stop"
-        return text.strip(), reason, used
+        text, cut = cut_at_stop(text, stop)
+        return text.strip(), "stop" if cut else reason, used
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -8,6 +8,14 @@ both are handled). vLLM is imported only when this backend is built (extra ``[vl
 vLLM schedules the whole batch itself (continuous batching, prefix caching), so this backend
 hands it every request at once.
 
+Failures follow the :class:`~agent.llm.base.LLMBackend` contract: a request vLLM rejects
+(its ``SamplingParams``, or a ``ValueError`` while vLLM adds it: prompt too long, schema it
+cannot compile) gets its own error completion, an engine failure during ``chat`` gives every
+request of the call one, and vLLM's finish reasons go through
+:func:`~agent.llm.base.normalize_finish_reason` (``abort``/``error`` are failures,
+``repetition`` is a cut like ``length``). vLLM refuses ``n > 1`` with greedy decoding, so a
+greedy request draws one sample and repeats it. ``tests/fakes/vllm`` drives all of this on CPU.
+
 Beyond one machine, run ``vllm serve`` replicas behind a load balancer and use the ``openai`` backend.
 
 Example:
@@ -24,7 +32,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from agent.llm.base import Completion, LLMBackend, LLMError, LLMRequest, SamplingConfig
+from agent.llm.base import (
+    Completion,
+    LLMBackend,
+    LLMError,
+    LLMRequest,
+    SamplingConfig,
+    error_completion,
+    normalize_finish_reason,
+)
 from memory.errors import UsageError
 
 log = logging.getLogger("plural.llm")
@@ -117,7 +133,7 @@ class VLLMBackend(LLMBackend):
     def sampling_params(self, s: SamplingConfig, json_schema: dict[str, Any] | None):
         """Translate a :class:`SamplingConfig` (and optional schema) to ``vllm.SamplingParams``."""
         kw: dict[str, Any] = {
-            "n": s.n,
+            "n": s.draws,  # vLLM: "n must be 1 when using greedy sampling"
             "temperature": s.temperature,
             "top_p": s.top_p if s.temperature > 0 else 1.0,
             "max_tokens": s.max_tokens,
@@ -134,45 +150,68 @@ class VLLMBackend(LLMBackend):
 
     def generate(self, requests: Sequence[LLMRequest]) -> list[Completion]:
         requests = list(requests)
-        if not requests:
-            return []
-        convs = [[m.model_dump() for m in r.messages] for r in requests]
-        params = [self.sampling_params(r.sampling, r.json_schema) for r in requests]
+        results: list[Completion | None] = [None] * len(requests)
+        todo, convs, params = [], [], []
+        for i, r in enumerate(requests):
+            try:  # vLLM validates here (e.g. a malformed schema): only this request fails
+                params.append(self.sampling_params(r.sampling, r.json_schema))
+            except Exception as e:  # noqa: BLE001 - reported in the completion
+                log.warning("vLLM rejected request %s: %s", r.request_id, e)
+                results[i] = error_completion(r, e, backend=self.name, model=self.model_name)
+                continue
+            todo.append(i)
+            convs.append([m.model_dump() for m in r.messages])
+        if todo:
+            done = self._chat([requests[i] for i in todo], convs, params)
+            for i, c in zip(todo, done):
+                results[i] = c
+        return results  # type: ignore[return-value]
+
+    def _chat(self, reqs: list[LLMRequest], convs: list[list[dict]], params: list[Any]) -> list[Completion]:
+        """One ``LLM.chat`` call; an engine failure gives every request an error completion."""
         t0 = time.perf_counter()
         try:
             outs = self.llm.chat(convs, sampling_params=params, use_tqdm=False)
-        except Exception as e:  # engine failure: report per request, like a server error
-            log.exception("vLLM generate failed for %d requests", len(requests))
+            if len(outs) != len(reqs):
+                raise LLMError(f"vLLM returned {len(outs)} outputs for {len(reqs)} conversations")
+        except ValueError as e:
+            # vLLM validates every request (prompt length, schema grammar) before it runs any, and
+            # one it rejects fails the call: ask for each alone, so only that one fails
+            if len(reqs) > 1:
+                log.warning("vLLM rejected a batch of %d (%s); retrying them one by one", len(reqs), e)
+                return [c for k in range(len(reqs)) for c in self._chat(reqs[k : k + 1], convs[k : k + 1], params[k : k + 1])]
+            return [error_completion(reqs[0], e, backend=self.name, model=self.model_name)]
+        except Exception as e:  # noqa: BLE001 - engine failure: every request of the call
+            log.exception("vLLM generate failed for %d requests", len(reqs))
+            latency = time.perf_counter() - t0
             return [
-                Completion(
-                    request_id=r.request_id,
-                    finish_reason="error",
-                    error=f"{type(e).__name__}: {e}",
-                    backend=self.name,
-                    model=self.model_name,
-                )
-                for r in requests
+                error_completion(r, e, backend=self.name, model=self.model_name, latency_s=latency) for r in reqs
             ]
         latency = time.perf_counter() - t0
-        comps = []
-        for req, out in zip(requests, outs):
-            texts = [o.text.strip() for o in out.outputs]
-            reason = out.outputs[0].finish_reason
-            comps.append(
-                Completion(
-                    request_id=req.request_id,
-                    text=texts[0],
-                    alternatives=texts[1:],
-                    finish_reason="length" if reason == "length" else "stop" if reason == "stop" else "error",
-                    prompt_tokens=len(out.prompt_token_ids or []),
-                    completion_tokens=sum(len(o.token_ids) for o in out.outputs),
-                    latency_s=latency,
-                    backend=self.name,
-                    model=self.model_name,
-                    error=None if reason in ("stop", "length") else f"vLLM finish_reason {reason!r}",
-                )
-            )
-        return comps
+        return [self._completion(r, o, latency) for r, o in zip(reqs, outs)]
+
+    def _completion(self, req: LLMRequest, out: Any, latency: float) -> Completion:
+        """One ``RequestOutput`` as a :class:`Completion` (the first output decides the finish reason)."""
+        reason, error = normalize_finish_reason(out.outputs[0].finish_reason)
+        if error is not None:
+            return error_completion(req, error, backend=self.name, model=self.model_name, latency_s=latency)
+        texts = [o.text.strip() for o in out.outputs]
+        tokens = sum(len(o.token_ids) for o in out.outputs)
+        n = req.sampling.n
+        if len(texts) < n:  # greedy: the one sample stands for all n
+            tokens = tokens * n // len(texts)
+            texts = texts + [texts[0]] * (n - len(texts))
+        return Completion(
+            request_id=req.request_id,
+            text=texts[0],
+            alternatives=texts[1:n],
+            finish_reason=reason,
+            prompt_tokens=len(out.prompt_token_ids or []),
+            completion_tokens=tokens,
+            latency_s=latency,
+            backend=self.name,
+            model=self.model_name,
+        )
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)

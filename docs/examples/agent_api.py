@@ -1,7 +1,10 @@
 """A runnable tour of Plural's Python agent API (templates only: no model needed, ~1 minute
 the first time while the MovieLens-100K data directory is built, seconds afterwards).
 
-    python docs/examples/agent_api.py            # add --llm transformers for the packaged SmolLM2
+    .venv/bin/python docs/examples/agent_api.py       # add --llm transformers for the packaged SmolLM2
+
+(the project's virtual environment, where ``make setup`` installed Plural; a Python without it
+cannot import ``agent``).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     for p in agent.personas(user):
         print(f"  {p.persona_id} {p.name} ({p.weight:.0%}, v{p.version}): {p.description}")
 
-    recs = agent.recommend(user, k=5, query="a funny animated film")
-    print("\nRecommendations for 'a funny animated film':")
+    recs = agent.recommend(user, k=5, request="a funny animated film")
+    print(f"\nRecommendations for 'a funny animated film' (read as: {recs.provenance['request']}):")
     for r in recs.items:
         print(f"  {r.rank}. {r.title} <- {r.persona.name} ({r.attention[r.persona.id]:.0%}); "
               f"evidence: {', '.join(e.title for e in r.evidence)}")
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nChat (thread {reply.thread_id}):\n{reply.response}")
     reply = agent.chat(user, "why the second one?", thread_id=reply.thread_id)
     print(f"\n{reply.response}")
+    for line in agent.follow_up(reply).lines():  # what the LLM adds after the reply (nothing without one)
+        print(f"  (model) {line}")
 
     print("\nLatest memory events:")
     for ev in agent.history(user, 5):
