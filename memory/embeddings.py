@@ -47,6 +47,10 @@ class Embedder(ABC):
     def embed_one(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
 
+    def warm_up(self) -> None:
+        """Load the model now rather than on the first text the cache does not hold (a no-op
+        for embedders with nothing to load)."""
+
 
 _TOKEN = re.compile(r"[a-z0-9']+")
 
@@ -205,6 +209,9 @@ class SentenceTransformerEmbedder(Embedder):
             dim = getter() if getter else None
             self.dim = int(dim or self._model.encode(["x"]).shape[1])
         return self._model
+
+    def warm_up(self) -> None:
+        self._load().encode(["warm up"], show_progress_bar=False)  # the first encode initialises torch too
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)

@@ -14,13 +14,12 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fakes.transformers_serve import free_port, shared_server
-from pydantic import BaseModel
 
-from agent.llm import LLMRequest, SamplingConfig, StructuredOutputError
+from agent.llm import LLMRequest, SamplingConfig
 from agent.llm.openai_backend import OpenAIBackend
 from agent.llm.tasks import RecommendationInput, explain_recommendations
 
@@ -92,6 +91,72 @@ def test_bad_settings_are_rejected():
         OpenAIBackend("m", max_concurrency=0)
 
 
+# -- what the backend makes of a server's answers (a scripted client, no server) ------------------
+def scripted_client(monkeypatch, llm: OpenAIBackend, answers: list[tuple[str | None, str | None]]):
+    """Make ``llm``'s client answer one choice per call from ``answers`` (finish reason, text);
+    returns the keyword arguments of every call."""
+    sent: list[dict] = []
+
+    def create(**kwargs):
+        sent.append(kwargs)
+        reason, text = answers[len(sent) - 1]
+        choice = SimpleNamespace(finish_reason=reason, message=SimpleNamespace(content=text))
+        return SimpleNamespace(choices=[choice], usage=SimpleNamespace(prompt_tokens=5, completion_tokens=3))
+
+    monkeypatch.setattr(llm.client.chat.completions, "create", create)
+    return sent
+
+
+@pytest.mark.parametrize(
+    "raw, reason", [("stop", "stop"), (None, "stop"), ("length", "length"), ("content_filter", "error")]
+)
+def test_server_finish_reasons_are_normalised(monkeypatch, raw, reason):
+    llm = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
+    scripted_client(monkeypatch, llm, [(raw, "Some text")])
+    c = llm.chat("hi")
+    assert c.finish_reason == reason
+    if reason == "error":  # withheld: no text, the reason in the error (not a silent "stop")
+        assert c.text == "" and c.error.startswith("FinishReasonError: finish_reason 'content_filter'")
+    else:
+        assert c.ok and c.text == "Some text"
+
+
+def test_stop_string_left_in_by_the_server_is_cut(monkeypatch):
+    llm = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
+    sent = scripted_client(
+        monkeypatch, llm, [("stop", "Hello there, welcome"), ("length", "one, two, three")]
+    )
+    assert llm.chat("hi", sampling=SamplingConfig(stop=[" welcome"])).text == "Hello there,"
+    c = llm.chat("count", sampling=SamplingConfig(stop=[","]))  # the server ran past it
+    assert (c.text, c.finish_reason) == ("one", "stop")
+    assert sent[0]["stop"] == [" welcome"]
+
+
+def test_schema_requests_send_response_format_and_no_stop(monkeypatch):
+    llm = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
+    sent = scripted_client(monkeypatch, llm, [("stop", '{"a": "b:c"}')])
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    c = llm.chat("json", sampling=SamplingConfig(stop=[":"]), json_schema=schema)
+    assert c.text == '{"a": "b:c"}' and "stop" not in sent[0]
+    assert sent[0]["response_format"]["json_schema"]["schema"] == schema
+
+
+def test_server_that_ignores_n_is_topped_up_with_next_seeds(monkeypatch):
+    llm = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
+    sent = scripted_client(monkeypatch, llm, [("stop", "a"), ("stop", "b"), ("length", "c")])
+    c = llm.chat("hi", sampling=SamplingConfig(temperature=0.7, seed=5, n=3))
+    assert (c.text, c.alternatives, c.completion_tokens) == ("a", ["b", "c"], 9)
+    assert [(k.get("n"), k["seed"]) for k in sent] == [(3, 5), (2, 6), (None, 7)]
+
+
+def test_greedy_n_is_asked_once_and_repeated(monkeypatch):
+    llm = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1")
+    sent = scripted_client(monkeypatch, llm, [("stop", "a")])
+    c = llm.chat("hi", sampling=SamplingConfig(n=3))
+    assert (c.text, c.alternatives, c.completion_tokens) == ("a", ["a", "a"], 9)
+    assert len(sent) == 1 and "n" not in sent[0]
+
+
 # -- a real server --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def served_model(request):
@@ -104,40 +169,6 @@ def served(served_model):
     llm = OpenAIBackend(folder, base_url=base_url, timeout_s=120, max_retries=1, max_concurrency=4)
     yield llm
     llm.close()
-
-
-@pytest.mark.server
-def test_batch_over_http_in_request_order(served):
-    reqs = [
-        LLMRequest(messages="Name a colour.", sampling=SamplingConfig(max_tokens=8)),
-        LLMRequest(messages="Name an animal.", sampling=SamplingConfig(max_tokens=8)),
-        LLMRequest(messages="Count to three.", sampling=SamplingConfig(max_tokens=4)),
-    ]
-    out = served.generate(reqs)
-    assert [c.request_id for c in out] == [r.request_id for r in reqs]
-    assert all(c.ok and c.text and c.backend == "openai" for c in out), [c.error for c in out]
-    assert out[2].finish_reason == "length" and out[2].completion_tokens == 4
-
-
-@pytest.mark.server
-def test_structured_output_is_validated_client_side(served):
-    class Colour(BaseModel):
-        colour: str
-
-    reqs = [
-        LLMRequest(
-            messages='Reply with JSON like {"colour": "red"} naming a colour.',
-            sampling=SamplingConfig(max_tokens=24),
-        )
-        for _ in range(2)
-    ]
-    out = served.complete_json(reqs, Colour)
-    assert len(out) == 2
-    # the server ignores response_format: whatever came back is either valid or a labelled error
-    for o in out:
-        assert isinstance(o, Colour) or (isinstance(o, StructuredOutputError) and o.reason != "backend_error")
-    sent = served.model_name
-    assert sent and Path(sent).name.startswith("SmolLM2")
 
 
 @pytest.mark.server

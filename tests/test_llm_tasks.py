@@ -213,6 +213,15 @@ def test_backend_exception_gives_templates_and_llm_error(caplog):
     assert len(llm.calls) == 1  # no retry against a dead backend
 
 
+def test_a_backend_that_raises_still_gives_templates_and_llm_error():
+    """A third-party backend may break the contract and raise from ``generate``: callers still get
+    templates, never an exception (validated._safe_generate)."""
+    llm = ScriptedLLM([ConnectionError("connection reset")] * len(RECS))
+    res = explain_recommendations(llm, RECS)
+    assert res.llm_error == "ConnectionError: connection reset"
+    assert all(e.source == "template" and e.fallback_reason == "backend_error" for e in res.items)
+
+
 def test_error_completion_is_not_retried_and_sets_llm_error():
     timeout = Completion(request_id="", finish_reason="error", error="APITimeoutError: timed out")
     llm = ScriptedLLM([timeout, GOOD_2])

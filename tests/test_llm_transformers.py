@@ -2,6 +2,8 @@
 
 Loads the model once for the module. The first run ever converts the GGUF to a cached fp32
 folder (~30-60 s); later runs load it in about a second. Token budgets are small on purpose.
+Order, finish reasons, stop strings, ``n`` and seeds are in ``test_llm_contract.py``; this module
+keeps what is particular to this backend (grammars, batching by sampling settings, the tasks).
 """
 
 from __future__ import annotations
@@ -92,20 +94,16 @@ def test_batch_returns_one_schema_valid_result_per_request_in_order(smollm2):
     assert out[2].ok and out[2].text and not out[2].text.startswith('{"tag"')
 
 
-def test_sampling_groups_stop_strings_and_length(smollm2):
+def test_a_request_that_cannot_be_prepared_fails_alone(smollm2):
+    broken = {"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}, "required": ["a"]}
     reqs = [
-        LLMRequest(messages="Count from one to ten in words.", sampling=SamplingConfig(max_tokens=3)),
-        LLMRequest(
-            messages="Count from one to ten in words, separated by commas.",
-            sampling=SamplingConfig(max_tokens=30, stop=[","]),
-        ),
-        LLMRequest(messages="Name a fruit.", sampling=SamplingConfig(max_tokens=8, temperature=0.8, seed=1)),
+        LLMRequest(messages="Say OK.", sampling=SamplingConfig(max_tokens=4), json_schema=s)
+        for s in (None, broken, tag_schema("alpha"))
     ]
     out = smollm2.generate(reqs)
-    assert out[0].finish_reason == "length" and out[0].completion_tokens == 3
-    assert "," not in out[1].text
-    again = smollm2.generate([reqs[2]])[0]
-    assert out[2].text == again.text  # seeded sampling is reproducible
+    assert [c.ok for c in out] == [True, False, True]
+    assert out[1].finish_reason == "error" and out[1].text == "" and out[1].error.startswith("RuntimeError: ")
+    assert "$defs" in out[1].error
 
 
 def test_unknown_model_and_bad_settings():

@@ -57,7 +57,7 @@ FINISH_REASONS: dict[str | None, tuple[FinishReason, str]] = {
     "length": ("length", "max_tokens reached, or the context window (vLLM: max_model_len)"),
     "repetition": ("length", "vLLM: a repetitive token loop was detected and cut; incomplete, like length"),
     "content_filter": ("error", "a content filter withheld or cut the answer"),
-    "abort": ("error", "vLLM: the engine aborted the request (shutdown, cancelled, prompt rejected)"),
+    "abort": ("error", "vLLM: the engine aborted the request (e.g. shut down or cancelled)"),
     "error": ("error", "vLLM: request-level engine error (e.g. a KV-cache load failure)"),
 }
 """Raw finish reasons (OpenAI API, vLLM ``CompletionOutput.finish_reason``) and what they mean in
@@ -73,8 +73,9 @@ def normalize_finish_reason(raw: object) -> tuple[FinishReason, str | None]:
     Example:
         >>> normalize_finish_reason("length")
         ('length', None)
-        >>> normalize_finish_reason("content_filter")
-        ('error', "FinishReasonError: finish_reason 'content_filter': a content filter withheld or cut the answer")
+        >>> reason, error = normalize_finish_reason("content_filter")
+        >>> reason, error.split(": ")[0]
+        ('error', 'FinishReasonError')
         >>> normalize_finish_reason("teapot")[0]
         'error'
     """

@@ -212,7 +212,9 @@ class OpenAIBackend(LLMBackend):
         reason, error = normalize_finish_reason(choices[0].finish_reason)
         if error is not None:
             log.warning("openai request %s: %s", req.request_id, error)
-            return error_completion(req, error, backend=self.name, model=model, latency_s=time.monotonic() - t0)
+            return error_completion(
+                req, error, backend=self.name, model=model, latency_s=time.monotonic() - t0
+            )
         texts = []
         for k, c in enumerate(choices[: s.draws]):
             text, cut = self._text(req, c)

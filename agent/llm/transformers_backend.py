@@ -224,12 +224,17 @@ class TransformersBackend(LLMBackend):
                 prompts: dict[int, str] = {}
                 for i in idx:
                     try:  # a request that cannot be prepared fails alone (template, schema grammar)
-                        prompts[i] = self._render(requests[i])
+                        prompt = self._render(requests[i])
                         if requests[i].json_schema is not None:
                             self._grammar(requests[i].json_schema)  # compiled once, then cached
+                        prompts[i] = prompt
                     except Exception as e:  # noqa: BLE001 - reported in the completion
-                        log.warning("transformers could not prepare request %s: %s", requests[i].request_id, e)
-                        results[i] = error_completion(requests[i], e, backend=self.name, model=self.model_name)
+                        log.warning(
+                            "transformers could not prepare request %s: %s", requests[i].request_id, e
+                        )
+                        results[i] = error_completion(
+                            requests[i], e, backend=self.name, model=self.model_name
+                        )
                 # similar lengths together: less padding per chunk
                 idx = sorted(prompts, key=lambda i: len(prompts[i]))
                 for start in range(0, len(idx), self.max_batch_size):
@@ -237,7 +242,7 @@ class TransformersBackend(LLMBackend):
                     t0 = time.perf_counter()
                     try:
                         outs = self._run_chunk([requests[i] for i in chunk], [prompts[i] for i in chunk])
-                    except Exception as e:  # noqa: BLE001 - one failed chunk must not lose the others
+                    except Exception as e:  # one failed chunk must not lose the others
                         log.exception("transformers generate failed for %d requests", len(chunk))
                         latency = time.perf_counter() - t0
                         outs = [

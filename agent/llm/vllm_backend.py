@@ -179,13 +179,17 @@ class VLLMBackend(LLMBackend):
             # one it rejects fails the call: ask for each alone, so only that one fails
             if len(reqs) > 1:
                 log.warning("vLLM rejected a batch of %d (%s); retrying them one by one", len(reqs), e)
-                return [c for k in range(len(reqs)) for c in self._chat(reqs[k : k + 1], convs[k : k + 1], params[k : k + 1])]
+                alone: list[Completion] = []
+                for k in range(len(reqs)):
+                    alone += self._chat(reqs[k : k + 1], convs[k : k + 1], params[k : k + 1])
+                return alone
             return [error_completion(reqs[0], e, backend=self.name, model=self.model_name)]
-        except Exception as e:  # noqa: BLE001 - engine failure: every request of the call
+        except Exception as e:  # engine failure: every request of the call
             log.exception("vLLM generate failed for %d requests", len(reqs))
             latency = time.perf_counter() - t0
             return [
-                error_completion(r, e, backend=self.name, model=self.model_name, latency_s=latency) for r in reqs
+                error_completion(r, e, backend=self.name, model=self.model_name, latency_s=latency)
+                for r in reqs
             ]
         latency = time.perf_counter() - t0
         return [self._completion(r, o, latency) for r, o in zip(reqs, outs)]

@@ -120,6 +120,6 @@ def json_answer(schema: dict[str, Any] | str, compact: bool = True) -> str:
         except ValueError as e:
             raise ValueError(f"the JSON schema is not valid JSON: {e}") from None
     if not isinstance(schema, dict):
-        raise ValueError(f"a JSON schema must be an object, got {type(schema).__name__}")
+        raise TypeError(f"a JSON schema must be an object, got {type(schema).__name__}")
     value = minimal_instance(schema)
     return json.dumps(value, separators=(",", ":") if compact else (", ", ": "))

@@ -56,7 +56,9 @@ def why_unavailable() -> str | None:
         return "the `transformers` CLI is not installed"
     for mod in ("fastapi", "uvicorn"):
         if importlib.util.find_spec(mod) is None:
-            return f"`transformers serve` is not installed ({mod} missing: pip install 'transformers[serving]')"
+            return (
+                f"`transformers serve` is not installed ({mod} missing: pip install 'transformers[serving]')"
+            )
     from agent.llm.model_files import packaged_gguf
 
     if packaged_gguf() is None:
@@ -87,7 +89,9 @@ def serve_smollm2() -> Iterator[tuple[str, str]]:
                 if r.status == 200:
                     break
             if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"transformers serve not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield base + "/v1", folder
     finally:

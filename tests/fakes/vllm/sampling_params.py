@@ -95,7 +95,9 @@ class SamplingParams:
     def _verify(self) -> None:
         def bad(parameter: str, rule: str):
             value = getattr(self, parameter)
-            raise VLLMValidationError(f"{parameter} must be {rule}, got {value}.", parameter=parameter, value=value)
+            raise VLLMValidationError(
+                f"{parameter} must be {rule}, got {value}.", parameter=parameter, value=value
+            )
 
         if not isinstance(self.n, int) or self.n < 1:
             bad("n", "an int of at least 1")
@@ -110,9 +112,15 @@ class SamplingParams:
         if self.max_tokens is not None and self.max_tokens < 1:
             bad("max_tokens", "at least 1")
         if any(not s for s in self.stop):
-            raise VLLMValidationError("stop cannot contain an empty string.", parameter="stop", value=self.stop)
-        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
-            raise TypeError(f"structured_outputs must be StructuredOutputsParams, got {self.structured_outputs!r}")
+            raise VLLMValidationError(
+                "stop cannot contain an empty string.", parameter="stop", value=self.stop
+            )
+        if self.structured_outputs is not None and not isinstance(
+            self.structured_outputs, StructuredOutputsParams
+        ):
+            raise TypeError(
+                f"structured_outputs must be StructuredOutputsParams, got {self.structured_outputs!r}"
+            )
 
     def __repr__(self) -> str:
         return (

@@ -15,9 +15,20 @@ from vllm.sampling_params import SamplingParams
 _DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 _SO_BACKENDS = ("auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer")
 _ENGINE_ARGS = {  # accepted and recorded; vLLM's EngineArgs rejects names it does not know
-    "tokenizer", "trust_remote_code", "quantization", "revision", "swap_space", "cpu_offload_gb",
-    "load_format", "max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching",
-    "kv_cache_memory_bytes", "disable_log_stats", "compilation_config", "download_dir",
+    "tokenizer",
+    "trust_remote_code",
+    "quantization",
+    "revision",
+    "swap_space",
+    "cpu_offload_gb",
+    "load_format",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "enable_prefix_caching",
+    "kv_cache_memory_bytes",
+    "disable_log_stats",
+    "compilation_config",
+    "download_dir",
 }
 _FINISH = re.compile(r"\[\[finish:(\w+)\]\]")
 
@@ -77,9 +88,15 @@ class LLM:
             raise ValueError(f"structured outputs backend {so['backend']!r} is not one of {_SO_BACKENDS}")
         self.model = model
         self.engine_args = {
-            "model": model, "tensor_parallel_size": tensor_parallel_size, "dtype": dtype, "seed": seed,
-            "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager,
-            "max_model_len": max_model_len, "structured_outputs_config": so, **kwargs,
+            "model": model,
+            "tensor_parallel_size": tensor_parallel_size,
+            "dtype": dtype,
+            "seed": seed,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "enforce_eager": enforce_eager,
+            "max_model_len": max_model_len,
+            "structured_outputs_config": so,
+            **kwargs,
         }
         self.max_model_len = max_model_len or 2048
         self.compact_json = bool(so.get("disable_any_whitespace", False))
@@ -113,9 +130,11 @@ class LLM:
                 if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
                     raise ValueError(f"not a chat message: {m!r}")
                 if not isinstance(m.get("content"), str):
-                    raise ValueError(f"message content must be a string in the fake vllm: {m!r}")
+                    raise TypeError(f"message content must be a string in the fake vllm: {m!r}")
         prompts = [
-            self._tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=add_generation_prompt)
+            self._tokenizer.apply_chat_template(
+                c, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
             for c in convs
         ]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
@@ -188,7 +207,9 @@ class LLM:
         )
 
     @staticmethod
-    def _decode(index: int, full: str, sp: SamplingParams, limit: int, forced: str | None) -> CompletionOutput:
+    def _decode(
+        index: int, full: str, sp: SamplingParams, limit: int, forced: str | None
+    ) -> CompletionOutput:
         """Emit ``full`` token by token until EOS, a stop string or the token limit."""
         text, ids = "", []
         for tok in toy_lm.tokenize(full):
