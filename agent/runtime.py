@@ -111,7 +111,7 @@ class AgentRuntime:
     def warm_up(self) -> None:
         """Load what the first turn would otherwise wait for: the text embedder (recall, free-text
         requests), the request scorer and the catalog's title index."""
-        self.engine.embedder().embed(["warm up"])
+        self.engine.embedder().warm_up()
         self.engine.request_scorer()
         self.engine.parse_context()
 

@@ -557,17 +557,20 @@ TUNING_GRID: dict[str, list] = {
     "reference_shares": [(0.3, 0.3), (0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.2, 0.5), (0.4, 0.4)],
     "reference_pool": [30, 50, 100, 200],
     "dislikes": [(10, 0.0), (5, 1.0), (5, 2.0), (5, 4.0), (10, 1.0), (10, 2.0), (10, 4.0), (0, 1.0), (0, 2.0)],
+    "relatives": [(0.8, 0.0), (0.7, 1.0), (0.7, 2.0), (0.7, 4.0), (0.8, 1.0), (0.8, 2.0), (0.8, 4.0), (0.9, 4.0)],
 }
 """Coordinate search, in this order, each coordinate judged on the request types it affects.
 ``mode`` is the ranking mode of a list that answers a request (None: the chat's own mode).
-``dislikes`` pairs (``dislike_neighbours``, ``dislike_weight``); the settings whose objective is
-within one paired standard error of its best are equally good, and of those the one that shows
+``dislikes`` pairs (``dislike_neighbours``, ``dislike_weight``) and ``relatives`` pairs
+(``relatives_threshold``, ``relatives_weight``); for these two, the settings whose objective is
+within one paired standard error of the best are equally good, and of those the one that shows
 the fewest held-out dislikes is chosen (a title the person would rate low is what they notice)."""
 _TUNED_ON = {"mode": REQUEST_TYPES, "persona_boost": ("category", "category_period"), "history_focus": ("category", "category_period"),
              "mix": ("free_text",), "reference_mix": ("like_item",), "reference_shares": ("like_item",),
-             "reference_pool": ("like_item",), "dislikes": REQUEST_TYPES}
+             "reference_pool": ("like_item",), "dislikes": REQUEST_TYPES, "relatives": REQUEST_TYPES}
 _PAIRS = {"reference_shares": ("reference_text_share", "reference_genre_share"),
-          "dislikes": ("dislike_neighbours", "dislike_weight")}
+          "dislikes": ("dislike_neighbours", "dislike_weight"),
+          "relatives": ("relatives_threshold", "relatives_weight")}
 
 
 def _satisfaction(judge: "_Judge", p: Probe, t: str, ids: Sequence[str]) -> float:
@@ -626,7 +629,7 @@ def tune_request_mix(engine, probes: Sequence[Probe], k: int, mode: str, base_co
             diff = e["per_probe"] - best["per_probe"]
             e["se_vs_best"] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
         chosen = best
-        if name == "dislikes":  # one-standard-error rule, preferring lists with fewer held-out dislikes
+        if name in ("dislikes", "relatives"):  # one-standard-error rule, preferring fewer held-out dislikes
             near = [e for e in scored if e["objective"] >= best["objective"] - e["se_vs_best"]]
             chosen = min(near, key=lambda e: (e[f"disliked@{k}"], -e["objective"]))
         trace.append({"parameter": name, "judged_on": list(types),
@@ -676,11 +679,13 @@ class ChatEvaluation:
             check_no_leak(val_engine, {u: sorted(v) for u, v in val_dislikes.items()})
             val_probes = make_probes(val_engine, _liked_held_out(val), cfg.tune_users, cfg.seed + 1)
             tick = self._progress("Choosing the request mix (validation)", _tuning_steps())
-            tuning = tune_request_mix(val_engine, val_probes, cfg.k, cfg.mode, request_config, tick, val_dislikes)
-            tuning["users"] = len(val_probes)
-            val_engine.close()
             from personas.request import RequestConfig
 
+            tuning = tune_request_mix(val_engine, val_probes, cfg.k, cfg.mode, RequestConfig.neutral(), tick,
+                                      val_dislikes)
+            tuning["started_from"] = "RequestConfig.neutral(): every soft term off"
+            tuning["users"] = len(val_probes)
+            val_engine.close()
             request_config = RequestConfig.model_validate(tuning["request_config"])
             timings["tune"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()

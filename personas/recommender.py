@@ -140,7 +140,8 @@ class PersonaRecommender:
             focus_term = scores - personal if persona_focus else None
             history_term = rs.history_focus(request, self.history.positives(user_id))
             scores, term = rs.rescore(personal, allowed, match, rs.dislike_penalty(disliked),
-                                      extra=[t for t in (focus_term, history_term) if t is not None])
+                                      extra=[t for t in (focus_term, history_term) if t is not None],
+                                      relatives=rs.dislike_relatives(disliked))
             extra.update(personal_scores=personal, request_term=term, request_match=match)
             responsible = (np.argmax(ps.contributions, axis=0) if len(pset.personas)
                            else np.full(len(self.catalog), -1, dtype=np.int64))

@@ -11,15 +11,15 @@ is parsed (:mod:`agent.request_parser`, rules, optionally an LLM validated again
   text space and by category overlap) give each candidate a request match in [0, 1]; the titles
   the user rated low are a negative history. The final score is
 
-  ``s(i) = p(i) + f(i) + h(i) - dislike_weight * n(i) + sigma * (mix * (c(i) + t(i)) + reference_mix * r(i))``
+  ``s(i) = p(i) + f(i) + h(i) - dislike_weight * n(i) + sigma * (mix * (c(i) + t(i)) + reference_mix * r(i) - relatives_weight * v(i))``
 
   where ``p(i)`` is the personalised score (the exact sum of the persona contributions, as
   without a request), ``f`` the boost of the personas the request activates (``persona_boost -
   1`` times their contributions), ``h`` the history focus (``history_focus`` times the score
   that the user's own items of the wanted categories give ``i``), ``n(i) = sum_d max(B[d, i], 0)``
   the score the user's low-rated titles would give ``i``, counting each title's closest
-  ``dislike_neighbours`` only (its close relatives drop, a sequel of three disliked sequels
-  above all), ``c`` the category match (several wanted categories:
+  ``dislike_neighbours`` only (0: all), ``v(i)`` how close a relative ``i`` is, by text, of a
+  title the user rated low (a sequel, a remake), ``c`` the category match (several wanted categories:
   the first named counts fully), ``t`` the free-text match and ``r`` the reference match, each
   in [0, 1], and ``sigma`` the spread of the user's best 100 candidates (best minus 100th best:
   ``mix`` is scale-free, 1.0 moves an item across the competitive part of the list).
@@ -147,7 +147,7 @@ class RequestConfig(BaseModel):
     mix: float = Field(8.0, ge=0)
     """Weight of the free-text and category match, in units of the spread of the user's scores
     (see ``spread_top``): 0 ranks by the personalised score alone (the request only filters)."""
-    reference_mix: float = Field(8.0, ge=0)
+    reference_mix: float = Field(16.0, ge=0)
     """Weight of the "like X" match, in the same units as ``mix``."""
     secondary_category_share: float = Field(0.5, ge=0, le=1)
     """Several wanted categories: an item with the first one (the one the words name most
@@ -163,23 +163,39 @@ class RequestConfig(BaseModel):
     list must be visibly like it); fewer candidates than ``k`` widen the pool to all."""
     content_pool: int = Field(100, gt=0)
     """Free-text content: only the ``content_pool`` best-matching items are candidates."""
-    persona_boost: float = Field(3.0, ge=1.0)
+    persona_boost: float = Field(1.5, ge=1.0)
     """Multiplier of the contributions of the personas a request activates (those holding its
     categories); 1 boosts none."""
-    history_focus: float = Field(1.0, ge=0)
+    history_focus: float = Field(2.0, ge=0)
     """A request for categories: the user's own history items in them count ``1 + history_focus``
     times in the score (0: the whole history counts alike)."""
     dislike_weight: float = Field(2.0, ge=0)
     """Weight of the negative history: the score the titles the user rated low (or disliked in
     conversation) give an item is subtracted this many times, so their close neighbours drop."""
-    dislike_neighbours: int = Field(10, ge=0)
+    dislike_neighbours: int = Field(5, ge=0)
     """Only an item among the ``dislike_neighbours`` closest neighbours of a low-rated title (by
     the scorer's weights) is pulled down by it; 0: every item it has a positive weight to."""
+    relatives_weight: float = Field(1.0, ge=0)
+    """Weight, in the units of ``mix``, of the penalty on close relatives of titles the user rated
+    low by their text (a sequel, a remake: text cosine above ``relatives_threshold``, rescaled
+    to [0, 1] above it): what the collaborative negative history misses when the user's liked
+    titles point at the relative more than the disliked ones point away."""
+    relatives_threshold: float = Field(0.7, ge=0, lt=1)
+    """Text cosine above which an item counts as a close relative of a title the user rated low."""
     spread_top: int = Field(100, gt=1)
     """The unit of ``mix``: the best candidate's personalised score minus the ``spread_top``-th
     best's, so that 1.0 moves an item across the user's competitive candidates."""
     dislike_threshold: float = 2.0
     """Ratings at or below this count as dislikes for the penalty."""
+
+    @classmethod
+    def neutral(cls) -> "RequestConfig":
+        """Every soft term off: the request only filters (its "like X" and free-text pools
+        included) and the personalised score ranks. ``plural eval chat`` searches from here, so
+        what it chooses does not depend on the defaults."""
+        return cls(mode=None, mix=0.0, reference_mix=0.0, reference_text_share=0.3, reference_genre_share=0.3,
+                   reference_pool=100, persona_boost=1.0, history_focus=0.0, dislike_weight=0.0,
+                   dislike_neighbours=10, relatives_weight=0.0, relatives_threshold=0.8)
 
     @field_validator("mode")
     @classmethod
@@ -342,6 +358,18 @@ class RequestScorer:
         pen[d] = 0.0
         return pen
 
+    def dislike_relatives(self, disliked: Sequence[int]) -> np.ndarray | None:
+        """Per item in [0, 1]: how close a relative it is, by text, of the nearest disliked item
+        (``(cosine - relatives_threshold) / (1 - relatives_threshold)``, clipped; 0 for the
+        disliked items; None without a text space, a weight or dislikes)."""
+        d = np.unique(np.asarray(list(disliked), dtype=np.int64))
+        if self.text is None or len(d) == 0 or self.config.relatives_weight == 0:
+            return None
+        tau = self.config.relatives_threshold
+        near = np.clip((self.text[d] @ self.text.T - tau) / (1 - tau), 0, 1).max(axis=0).astype(np.float64)
+        near[d] = 0.0
+        return near
+
     def history_focus(self, request: Request, history: Sequence[int]) -> np.ndarray | None:
         """The extra score from the user's own history items in the wanted categories, times
         ``history_focus`` (None when the request wants no category or the weight is 0): tonight's
@@ -357,18 +385,24 @@ class RequestScorer:
         return self.config.history_focus * np.asarray(total, dtype=np.float64)
 
     def rescore(self, scores: np.ndarray, allowed: np.ndarray, match: np.ndarray | None,
-                penalty: np.ndarray | None, extra: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
+                penalty: np.ndarray | None, extra: Sequence[np.ndarray] = (),
+                relatives: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(final scores, request term)``: ``scores + sum(extra) - dislike_weight * penalty +
-        sigma * match``, with ``sigma`` the :func:`score_spread` of ``scores`` over ``allowed``;
-        ``extra`` terms and ``penalty`` are in score units (persona boost, history focus)."""
+        sigma * (match - relatives_weight * relatives)``, with ``sigma`` the :func:`score_spread`
+        of ``scores`` over ``allowed``; ``extra`` terms and ``penalty`` are in score units
+        (persona boost, history focus, negative history)."""
         term = np.zeros(len(scores), dtype=np.float64)
         for t in extra:
             term += t
         if penalty is not None:
             term -= self.config.dislike_weight * penalty
-        if match is not None:
-            term += score_spread(scores[allowed] if allowed.any() else scores, self.config.spread_top) * match
-        if match is None and penalty is None and not extra:
+        if match is not None or relatives is not None:
+            sigma = score_spread(scores[allowed] if allowed.any() else scores, self.config.spread_top)
+            if match is not None:
+                term += sigma * match
+            if relatives is not None:
+                term -= sigma * self.config.relatives_weight * relatives
+        if match is None and penalty is None and relatives is None and not extra:
             return scores, term
         return (scores + term).astype(scores.dtype), term
 

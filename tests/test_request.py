@@ -171,18 +171,27 @@ def test_titles_rated_low_weigh_against_their_neighbours(synthetic_engine):
     user = e.history.user_ids[2]
     r = Request(text="anything")
     base = e.recommend_request(user, r, 10, "relevance")
-    top = base.items[0].item_id
-    # the user now dislikes the top item's strongest neighbour: the top item must drop
+    top = base.items[0]
+    # the user now dislikes the top item's strongest neighbour: the top item's request term drops
     B = e.scorer.B
-    pos = e.catalog.index(top)
+    pos = e.catalog.index(top.item_id)
     col = np.asarray(B[:, pos]).ravel().copy()
     col[pos] = -np.inf
     neighbour = e.catalog.item(int(np.argmax(col))).item_id
-    after = e.recommend_request(user, r.model_copy(update={"exclude_items": [neighbour]}), 10, "relevance",
-                                disliked_items=[neighbour])
-    rank_after = next((it.rank for it in after.items if it.item_id == top), 99)
-    assert rank_after > 1
-    assert next(it for it in after.items if it.item_id != top).request_term <= 0
+    req = r.model_copy(update={"exclude_items": [neighbour]})
+    after = e.recommend_request(user, req, 50, "relevance", disliked_items=[neighbour])
+    moved = next(it for it in after.items if it.item_id == top.item_id)
+    assert moved.request_term < top.request_term and moved.score == pytest.approx(top.score)  # p(i) untouched
+    # with a heavier negative history it leaves the top of the list
+    saved = e.config
+    try:
+        e.config = e.config.model_copy(update={"request": e.config.request.model_copy(update={"dislike_weight": 50.0})})
+        e.recommender.request_scorer = None
+        heavy = e.recommend_request(user, req, 10, "relevance", disliked_items=[neighbour])
+        assert top.item_id not in [it.item_id for it in heavy.items[:1]]
+    finally:
+        e.config = saved
+        e.recommender.request_scorer = None
 
 
 def test_a_request_with_no_matching_items_returns_an_empty_list(synthetic_engine):
