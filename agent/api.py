@@ -26,11 +26,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.runtime import AgentConfig, AgentRuntime, FeedbackOutcome, Pending, PersonaConflictError
-from agent.threads import ThreadOwnershipError, ThreadRegistry
+from agent.graph.builder import Answer, AgentState, FeedbackAnswer, TranscriptTurn, WhyAnswer, state_serde
+from agent.runtime import AgentConfig, AgentRuntime, FeedbackOutcome, ItemExplanation, PersonaConflictError
+from agent.writes import Committed, Pending
 from memory.errors import PluralError, UnknownUserError, UsageError
 from personas.model import Persona, PersonaVersion
-from personas.recommendation import RecommendationList
+from personas.recommendation import Recommendation, RecommendationList
+from personas.request import Request
 
 log = logging.getLogger("plural.api")
 
@@ -46,14 +48,18 @@ class ChatReply(BaseModel):
     """What the agent says."""
     intent: str | None = None
     """How the message was read: recommend, refine, feedback, why, personas."""
-    items: list[dict] = Field(default_factory=list)
-    """The list shown this turn: item_id, title, score, rank, persona, attention, evidence, explanation."""
-    answer: dict | None = None
-    """Details of a why / feedback answer (persona before and after, drift guard, evidence...)."""
+    items: list[Recommendation] = Field(default_factory=list)
+    """The list shown this turn: each item with its persona, attention, evidence, explanation."""
+    answer: Answer | None = None
+    """A why answer (persona, attention, evidence) or a feedback outcome (persona before and after)."""
+    request: Request | None = None
+    """The request as read (genres, period, "like X", exclusions...)."""
     error: str | None = None
     """Set when the turn could not be served; nothing was written then."""
+    committed: Committed | None = None
+    """What the turn wrote (events, persona versions, exposure), or None when it could not be served."""
     meta: dict = Field(default_factory=dict)
-    """LLM error, fallbacks, what was written."""
+    """How the message was read, LLM error and fallbacks, the list's provenance."""
 
 
 class ModelExplanation(BaseModel):
@@ -81,9 +87,9 @@ class FollowUp(BaseModel):
     """Model-written explanations of the reply's list (the template stands for the others)."""
     answer: str | None = None
     """The model's sentence on a "why" question."""
-    persona: dict | None = None
-    """After feedback: the model's refinement of the persona's text (a FeedbackOutcome as JSON)
-    when it changed the text and the drift guard accepted it."""
+    persona: FeedbackOutcome | None = None
+    """After feedback: the model's refinement of the persona's text, when it changed the text
+    and the drift guard accepted it."""
     note: str | None = None
     """One line for the person about what happened (rewrite kept or refused, nothing to add)."""
     meta: dict = Field(default_factory=dict)
@@ -109,18 +115,22 @@ class MemoryEvent(BaseModel):
     payload: dict
 
 
-class ItemExplanation(BaseModel):
-    """Why an item suits a user: the responsible persona, attention, evidence, a sentence."""
-
-    model_config = ConfigDict(extra="allow")
-
-    item_id: str
-    title: str
-    persona: dict | None
-    attention: dict[str, float]
-    evidence: list[dict]
-    explanation: str
-    explanation_source: str
+def reply_from_state(state: AgentState) -> ChatReply:
+    """The :class:`ChatReply` of a finished turn's state (the graph's output, here or from the
+    LangGraph server)."""
+    rec = state.recommendation
+    meta = dict(state.meta)
+    if rec is not None:
+        meta["recommendation"] = {"provenance": rec.provenance, "meta": rec.meta, "mode": rec.mode}
+    a = state.answer
+    errors = [meta.get("llm_error"), rec.meta.get("llm_error") if rec is not None else None,
+              (a.refinement or {}).get("llm_error") if isinstance(a, FeedbackAnswer) else None,
+              (a.llm or {}).get("llm_error") if isinstance(a, WhyAnswer) else None]
+    meta["llm_error"] = next((e for e in errors if e), None)
+    return ChatReply(user_id=state.user_id, thread_id=state.thread_id, response=state.response,
+                     intent=state.understanding.intent if state.understanding else None,
+                     items=list(rec.items) if rec is not None else [], answer=a, request=state.request,
+                     error=state.error, committed=state.committed, meta=meta)
 
 
 class PluralAgent:
@@ -130,7 +140,7 @@ class PluralAgent:
         self.runtime = runtime
         self.engine = runtime.engine
         ddir = Path(self.engine.data_dir)
-        self.threads = ThreadRegistry(ddir / "threads.sqlite")
+        self.threads = runtime.threads
         self._llm_lock = threading.Lock()
         self._checkpointer = self._make_checkpointer(ddir, postgres_url or os.environ.get("PLURAL_POSTGRES_URL"))
         from agent.graph.builder import build_graph
@@ -174,7 +184,7 @@ class PluralAgent:
             import psycopg
 
             conn = psycopg.connect(postgres_url, autocommit=True, prepare_threshold=0)
-            saver = PostgresSaver(conn)
+            saver = PostgresSaver(conn, serde=state_serde())
             saver.setup()
             return saver
         import sqlite3
@@ -183,7 +193,7 @@ class PluralAgent:
 
         conn = sqlite3.connect(str(ddir / "checkpoints.sqlite"), check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        return SqliteSaver(conn)
+        return SqliteSaver(conn, serde=state_serde())
 
     # ---- the API -----------------------------------------------------------------------
     def recommend(self, user: str, k: int = 10, query: str | None = None, *, mode: str | None = None,
@@ -199,7 +209,7 @@ class PluralAgent:
             parsed = parsed.model_copy(update={"content": " ".join(filter(None, [parsed.content, query]))})
         out = self.runtime.recommend_request(user, parsed, k, mode)
         out.meta["read_request"] = meta
-        self.runtime.commit(str(user), Pending(events=[self.runtime.shown_event(out, None)]))
+        self.runtime.commit(str(user), self.runtime.shown(out, None))
         return out
 
     def feedback(self, user: str, item: str, reaction: str | float | int, text: str | None = None) -> FeedbackOutcome:
@@ -211,7 +221,9 @@ class PluralAgent:
 
     def chat(self, user: str, message: str, thread_id: str | None = None) -> ChatReply:
         """One chat turn. A new thread is started when ``thread_id`` is None; a thread belongs to
-        the user who started it. A turn that fails leaves the thread and memory as they were."""
+        the user who started it. A turn that fails leaves the thread and memory as they were.
+        Safe to call from several threads at once (a server): turns on the same persona are
+        committed one after the other, each recomputed on the state the other left."""
         user = str(user)
         try:
             self.runtime.check_user(user)
@@ -219,14 +231,12 @@ class PluralAgent:
             return ChatReply(user_id=user, thread_id=thread_id or "", response=str(e), error=str(e))
         thread_id = thread_id or uuid.uuid4().hex[:12]
         try:
-            last_good = self.threads.claim(thread_id, user)
-        except (ThreadOwnershipError, UsageError) as e:
+            self.threads.check_id(thread_id)
+        except UsageError as e:
             return ChatReply(user_id=user, thread_id=thread_id, response=str(e), error=str(e))
         config: dict = {"configurable": {"thread_id": thread_id}}
-        if last_good:
-            config["configurable"]["checkpoint_id"] = last_good
         try:
-            state = self.graph.invoke({"user_id": user, "thread_id": thread_id, "message": message or ""}, config)
+            out = self.graph.invoke({"user_id": user, "thread_id": thread_id, "message": message or ""}, config)
         except PluralError as e:
             msg = f"Sorry, I could not do that: {e}. Nothing was changed; the conversation continues."
             log.warning("chat turn failed for user %s thread %s: %s", user, thread_id, e)
@@ -236,22 +246,7 @@ class PluralAgent:
             msg = (f"Sorry, something went wrong on my side ({type(e).__name__}). Nothing was changed; "
                    "please try again.")
             return ChatReply(user_id=user, thread_id=thread_id, response=msg, error=f"{type(e).__name__}: {e}")
-        snapshot = self.graph.get_state({"configurable": {"thread_id": thread_id}})
-        if state.get("error") is None:
-            self.threads.completed(thread_id, snapshot.config["configurable"]["checkpoint_id"])
-        rec = state.get("recommendation") or {}
-        meta = dict(state.get("meta") or {})
-        meta["committed"] = state.get("committed")
-        if rec:
-            meta["recommendation"] = {k: rec.get(k) for k in ("provenance", "meta", "mode")}
-        answer = state.get("answer") or {}
-        errors = [meta.get("llm_error"), (rec.get("meta") or {}).get("llm_error") if rec else None,
-                  (answer.get("refinement") or {}).get("llm_error"), (answer.get("llm") or {}).get("llm_error")]
-        meta["llm_error"] = next((e for e in errors if e), None)
-        return ChatReply(user_id=user, thread_id=thread_id, response=state.get("response", ""),
-                         intent=(state.get("understanding") or {}).get("intent"),
-                         items=rec.get("items", []) if rec else [], answer=state.get("answer"),
-                         error=state.get("error"), meta=meta)
+        return reply_from_state(AgentState.model_validate(out))
 
     def follow_up(self, reply: ChatReply) -> FollowUp:
         """What the LLM adds to a reply after it was shown (``llm_prose="after"``, the default):
@@ -277,25 +272,23 @@ class PluralAgent:
         return out
 
     def _follow_up(self, reply: ChatReply, out: FollowUp) -> None:
-        rt, user = self.runtime, reply.user_id
+        rt, user, a = self.runtime, reply.user_id, reply.answer
         if reply.intent in ("recommend", "refine") and reply.items:
-            rec = RecommendationList.model_validate({"user_id": user, "mode": rt.config.mode, "k": len(reply.items),
-                                                     "items": reply.items})
-            if rec.items and rec.items[0].persona is not None:
+            rec = RecommendationList(user_id=user, mode=rt.config.mode, k=len(reply.items),
+                                     items=[r.model_copy(deep=True) for r in reply.items])
+            if rec.items[0].persona is not None:
                 meta = rt.language.explain_list(rec, backend=rt.backend)
                 out.meta.update(fallbacks=meta.get("fallbacks"), llm_error=meta.get("llm_error"))
                 out.explanations = [ModelExplanation(item_id=r.item_id, rank=r.rank, title=r.title, text=r.explanation)
                                     for r in rec.items if r.explanation_source == "llm"]
-        elif reply.intent == "why" and reply.answer and reply.answer.get("persona"):
-            a = reply.answer
-            ans = rt.explain_item(user, a["item_id"], a["persona"]["id"], backend=rt.backend)
-            out.meta.update(llm=ans.get("llm"))
-            if ans["explanation_source"] == "llm":
-                out.answer = ans["explanation"]
-        elif reply.intent == "feedback" and reply.answer and reply.answer.get("persona_id"):
-            a = reply.answer
-            outcome, pending = rt.refine_text(user, a["item_id"], a["reaction"], a.get("text"),
-                                              thread_id=reply.thread_id, persona_id=a["persona_id"])
+        elif isinstance(a, WhyAnswer) and a.persona is not None:
+            ans = rt.explain_item(user, a.item_id, a.persona.persona_id, backend=rt.backend)
+            out.meta.update(llm=ans.llm)
+            if ans.explanation_source == "llm":
+                out.answer = ans.explanation
+        elif isinstance(a, FeedbackAnswer) and a.persona_id:
+            outcome, pending = rt.refine_text(user, a.item_id, a.reaction, a.text, thread_id=reply.thread_id,
+                                              persona_id=a.persona_id)
             ref = outcome.refinement or {}
             out.meta.update(fallbacks=ref.get("fallbacks"), llm_error=ref.get("llm_error"))
             if pending.personas:
@@ -304,21 +297,22 @@ class PluralAgent:
                 except PersonaConflictError as e:
                     out.note = f"The model's rewrite of \u201c{outcome.persona_name}\u201d came too late: {e}."
                     return
-                out.persona = outcome.model_dump(mode="json")
-                after = outcome.persona_after or {}
+                out.persona = outcome
+                after = outcome.persona_after
                 who = "The model rewrote" if ref.get("rewrite_source") not in (None, "template") else "I updated"
-                out.note = f"{who} your \u201c{after.get('name')}\u201d taste: {after.get('description')}"
+                out.note = f"{who} your \u201c{after.name}\u201d taste: {after.description}"
             elif ref.get("proposed"):
                 out.note = ("The model proposed a new description of that taste, but it described the titles "
                             "you liked before less well, so I kept the current one.")
 
-    def transcript(self, thread_id: str, user: str) -> list[dict]:
-        """The turns of a thread (the owner only)."""
-        last_good = self.threads.last_checkpoint(thread_id, str(user))  # reading starts no thread
-        if not last_good:
+    def transcript(self, thread_id: str, user: str) -> list[TranscriptTurn]:
+        """The turns of a thread (its owner only: another user's thread raises
+        :class:`~agent.threads.ThreadOwnershipError`; reading starts no thread)."""
+        self.threads.check(thread_id, str(user))
+        if self.threads.owner(thread_id) is None:
             return []
-        snap = self.graph.get_state({"configurable": {"thread_id": thread_id, "checkpoint_id": last_good}})
-        return list(snap.values.get("transcript") or [])
+        snap = self.graph.get_state({"configurable": {"thread_id": thread_id}})
+        return [TranscriptTurn.model_validate(t) for t in snap.values.get("transcript") or []]
 
     def personas(self, user: str) -> list[Persona]:
         """The user's current personas."""
@@ -337,7 +331,7 @@ class PluralAgent:
 
     def explain(self, user: str, item: str) -> ItemExplanation:
         """Why ``item`` suits ``user``: persona, attention, evidence and a sentence."""
-        return ItemExplanation.model_validate(self.runtime.explain_item(user, item))
+        return self.runtime.explain_item(user, item)
 
     def history(self, user: str, limit: int = 50) -> list[MemoryEvent]:
         """The user's episodic events, newest first."""
@@ -352,6 +346,9 @@ class PluralAgent:
 
     def close(self) -> None:
         self.threads.close()
+        close = getattr(self._checkpointer, "conn", None)
+        if close is not None:  # the saver does not close the connection it was given
+            close.close()
         self.engine.close()
 
 

@@ -449,8 +449,8 @@ def _interactive_chat(agent, user: str, thread: str | None) -> None:
     con.print(f"[bold]Plural[/] — user {user}, thread [bold]{thread}[/] "
               f"(resume later with --thread {thread}). Type /quit to leave, /help for commands.")
     for turn in past[-6:]:
-        who = "you" if turn["role"] == "user" else "plural"
-        con.print(f"[dim]{who}: {escape(turn['content'])}[/]")
+        who = "you" if turn.role == "user" else "plural"
+        con.print(f"[dim]{who}: {escape(turn.content)}[/]")
     reader = _ChatInput(con)
     rt = agent.runtime
     with con.status("loading…"):

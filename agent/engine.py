@@ -134,6 +134,12 @@ class Engine:
                       "induction_space": config.induction.space, "config_key": config.cache_key()}
         self.recommender = PersonaRecommender(catalog, self.scorer, history, self.persona_store,
                                               attention=config.attention, provenance=provenance)
+        from agent.threads import SqliteThreadRegistry
+        from personas.exposure import SqliteExposureStore
+
+        self._exposure = SqliteExposureStore(self.persona_store)
+        self._threads = SqliteThreadRegistry(self.persona_store)
+        self.recommender.exposure = self._exposure
         self._embedder = None
         self._years: tuple[int | None, int | None] | None = None
         self._catalog_index = None
@@ -191,6 +197,15 @@ class Engine:
 
             self._embedder = make_embedder(self.config.embedder)
         return self._embedder
+
+    def thread_registry(self):
+        """Which user owns which chat thread (:mod:`agent.threads`), in the persona store's file."""
+        return self._threads
+
+    def exposure_store(self):
+        """How often each item was shown to anyone (:mod:`personas.exposure`), in this data
+        directory's persona store; every list shown adds to it, ``persona_calibrated`` reads it."""
+        return self._exposure
 
     def request_scorer(self):
         """The :class:`~personas.request.RequestScorer` over this catalog: hard constraints, "like X"

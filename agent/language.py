@@ -112,28 +112,27 @@ class LanguageLayer:
         self._category_vectors: tuple[list[str], np.ndarray | None] | None = None
 
     # ---- persona text ------------------------------------------------------------------
-    def ensure_persona_text(self, user_id: str) -> dict | None:
-        """LLM-written names and descriptions for personas still carrying template text.
+    def describe_pending(self, user_id: str) -> tuple["PersonaWrite | None", dict | None]:
+        """The LLM's names and descriptions for personas still carrying template text, as a
+        pending write (``(None, None)`` when nothing needs asking): only personas the model
+        answered validly change. Each persona version is asked once per model and prompt: the
+        attempt is remembered with the persona set (``induction["llm_text_attempts"]``), so a
+        description that failed validation is not asked again on every run."""
+        from agent.writes import PersonaWrite
 
-        Returns the task metadata (None when nothing was asked). Only personas the model
-        answered validly change; they are stored as a new version. Each persona version is asked
-        once per model and prompt: the attempt is remembered with the persona set
-        (``induction["llm_text_attempts"]``), so a description that failed validation is not
-        asked again on every run.
-        """
         if self.backend is None or not self.config.describe_personas:
-            return None
+            return None, None
         store = self.engine.persona_store
         pset = store.get(user_id)
         if pset is None or not pset.personas:
-            return None
+            return None, None
         from prompts import load_prompt
 
         stamp = f"{getattr(self.backend, 'model_name', '?')}|{load_prompt('describe_persona').sha256[:12]}"
         tried = dict(pset.induction.get("llm_text_attempts") or {})
         todo = [p for p in pset.personas if p.text_source == "template" and tried.get(p.persona_id) != f"{p.version}|{stamp}"]
         if not todo:
-            return None
+            return None, None
         inputs = persona_inputs(self.engine, PersonaSet(user_id=user_id, personas=todo), self.config.evidence_titles)
         result = describe_personas(self.backend, inputs, catalog_categories=self.engine.catalog.categories)
         written = {it.persona_id: it for it in result.items if it.source != "template"}
@@ -143,10 +142,17 @@ class LanguageLayer:
                     for p in pset.personas]
         if not result.llm_error:  # a server that was down has not judged the text: ask again next time
             tried.update({p.persona_id: f"{p.version}|{stamp}" for p in todo if p.persona_id not in written})
-        store.put(pset.model_copy(update={"personas": personas, "induction": {**pset.induction,
-                                                                             "llm_text_attempts": tried}}),
-                  reason="llm-description")
-        return result.metadata()
+        new = pset.model_copy(update={"personas": personas, "induction": {**pset.induction, "llm_text_attempts": tried}})
+        return PersonaWrite(set=new, reason="llm-description", expected_versions=store.versions_of(pset)), \
+            result.metadata()
+
+    def ensure_persona_text(self, user_id: str) -> dict | None:
+        """:meth:`describe_pending`, stored at once (a compare-and-set on the versions read);
+        returns the task metadata (None when nothing was asked)."""
+        write, meta = self.describe_pending(user_id)
+        if write is not None:
+            self.engine.persona_store.put(write.set, reason=write.reason, expected_versions=write.expected_versions)
+        return meta
 
     # ---- routing -----------------------------------------------------------------------
     def route(self, user_id: str, request: str) -> tuple[dict[str, float], dict]:

@@ -1,16 +1,17 @@
 """What the agent can do, as plain operations over the engine, the LLM and memory.
 
 The LangGraph nodes (``agent.graph``) and the Python API (``agent.api``) both call these.
-Operations that change something return their writes as :class:`Pending` instead of writing;
-:meth:`AgentRuntime.commit` applies a turn's writes together (a persona-store transaction around
-a memory transaction), so a turn's writes are complete or absent.
+Operations that change something return their writes as a typed :class:`~agent.writes.Pending`
+instead of writing; :meth:`AgentRuntime.commit` applies a turn's writes together (a
+persona-store transaction around a memory transaction, the exposure counts inside it), with a
+compare-and-set on every persona version it read, so a turn's writes are complete or absent
+and a concurrent turn's change is never overwritten.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,9 +21,11 @@ from agent.language import LanguageConfig, LanguageLayer
 from agent.llm.base import LLMBackend
 from agent.refine import Interaction, PersonaRefiner, RefineConfig
 from agent.request_reader import read_request
+from agent.writes import Committed, FeedbackWrite, Pending, PersonaWrite, ShownItem, ShownWrite
 from memory.errors import PluralError, UnknownItemError, UnknownUserError, UsageError
-from personas.model import PersonaSet
-from personas.recommendation import RecommendationList, template_explanation
+from personas.model import PersonaSet, PersonaView
+from personas.store import PersonaConflictError
+from personas.recommendation import EvidenceItem, RecommendationList, template_explanation
 from personas.request import Request
 
 log = logging.getLogger("plural.agent")
@@ -61,24 +64,6 @@ class AgentConfig(BaseModel):
     """Longer chat messages are rejected with a clear message."""
 
 
-@dataclass
-class Pending:
-    """Writes of one turn, applied by :meth:`AgentRuntime.commit`."""
-
-    events: list[dict] = field(default_factory=list)
-    """Episodic events: ``{"kind": "chat_turn"|"recommendation"|"feedback", ...}``."""
-    personas: dict | None = None
-    """``{"set": PersonaSet json, "reason": str, "feedback": dict}`` to store."""
-
-    def to_dict(self) -> dict:
-        return {"events": self.events, "personas": self.personas}
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "Pending":
-        d = d or {}
-        return cls(list(d.get("events") or []), d.get("personas"))
-
-
 class FeedbackOutcome(BaseModel):
     """What a reaction did: which persona it concerned and how that persona changed."""
 
@@ -92,8 +77,27 @@ class FeedbackOutcome(BaseModel):
     persona_name: str | None = None
     refinement: dict | None = None
     """The refinement's summary: loss, proposed text, drift guard scores, weight and evidence changes."""
-    persona_before: dict | None = None
-    persona_after: dict | None = None
+    persona_before: PersonaView | None = None
+    persona_after: PersonaView | None = None
+
+
+class ItemExplanation(BaseModel):
+    """Why an item suits a user: the responsible persona, attention, evidence, a sentence."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str
+    title: str
+    persona: PersonaView | None = None
+    """The persona the item comes from (None for a user without personas)."""
+    attention: dict[str, float] = Field(default_factory=dict)
+    evidence: list[EvidenceItem] = Field(default_factory=list)
+    explanation: str
+    explanation_source: Literal["template", "llm"] = "template"
+    llm: dict | None = None
+    """The explain task's metadata (prompt, fallbacks) when an LLM was asked."""
+    score: float | None = None
+    """The personalised score (the sum of the persona contributions)."""
 
 
 class AgentRuntime:
@@ -107,6 +111,8 @@ class AgentRuntime:
                                   catalog_titles=engine.catalog_titles())
         self.refiner = PersonaRefiner(engine.catalog, engine.embedder(), backend, self.config.refine)
         self._template_refiner = self.refiner.with_backend(None)
+        self.threads = engine.thread_registry()
+        """Who owns which chat thread (checked by the graph's first node, claimed by the turn's commit)."""
 
     def warm_up(self) -> None:
         """Load what the first turn would otherwise wait for: the text embedder (recall, free-text
@@ -166,10 +172,13 @@ class AgentRuntime:
         return self.engine.recommend_request(user_id, req, k or self.config.k, mode or self.config.mode,
                                              disliked_items=disliked)
 
-    def shown_event(self, out: RecommendationList, thread_id: str | None) -> dict:
-        return {"kind": "recommendation", "thread_id": thread_id,
-                "items": [{"item_id": r.item_id, "title": r.title, "persona_id": r.persona.id if r.persona else None}
-                          for r in out.items]}
+    @staticmethod
+    def shown(out: RecommendationList, thread_id: str | None) -> Pending:
+        """The writes of showing ``out``: a memory event and one exposure per listed item."""
+        items = [ShownItem(item_id=r.item_id, title=r.title, persona_id=r.persona.id if r.persona else None)
+                 for r in out.items]
+        return Pending(events=[ShownWrite(thread_id=thread_id, items=items)] if items else [],
+                       exposure=[r.item_id for r in out.items])
 
     # ---- explain -----------------------------------------------------------------------
     def responsible_persona(self, user_id: str, item_id: str) -> str | None:
@@ -180,7 +189,7 @@ class AgentRuntime:
         return pset.personas[int(ps.responsible([pos])[0])].persona_id
 
     def explain_item(self, user_id: str, item_id: str, persona_id: str | None = None,
-                     backend: LLMBackend | None = None) -> dict:
+                     backend: LLMBackend | None = None) -> ItemExplanation:
         """Why ``item_id`` suits the user: its persona, the attention, the evidence and a sentence
         (the template's; ``backend``'s when given and its sentence passes validation)."""
         user_id, item_id = self.check_user(user_id), self.check_item(item_id)
@@ -188,32 +197,28 @@ class AgentRuntime:
         cat = self.engine.catalog
         item = cat.get(item_id)
         if not pset.personas:
-            return {"item_id": item_id, "title": item.title, "persona": None, "attention": {}, "evidence": [],
-                    "explanation": template_explanation(None, []), "explanation_source": "template"}
+            return ItemExplanation(item_id=item_id, title=item.title, explanation=template_explanation(None, []))
         pos = cat.index(item_id)
         att = ps.attention([pos], self.engine.config.attention)[0]
         r = pset.ids.index(persona_id) if persona_id in pset.ids else int(ps.responsible([pos])[0])
         persona = pset.personas[r]
-        ev = [{"item_id": cat.item(j).item_id, "title": cat.title(j), "weight": round(w, 6)}
+        ev = [EvidenceItem(item_id=cat.item(j).item_id, title=cat.title(j), weight=round(w, 6))
               for j, w in ps.evidence(pos, r, self.engine.config.attention.evidence_per_item)]
-        text = template_explanation(persona.name, [e["title"] for e in ev], float(att[r]))
+        text = template_explanation(persona.name, [e.title for e in ev], float(att[r]))
         source, meta = "template", None
         if backend is not None:
             from agent.language import recommendation_input
             from agent.llm.tasks import explain_recommendations
 
-            rec = recommendation_input(self.engine, pset, item_id, persona.persona_id, [e["item_id"] for e in ev])
+            rec = recommendation_input(self.engine, pset, item_id, persona.persona_id, [e.item_id for e in ev])
             res = explain_recommendations(backend, [rec], catalog_titles=self.engine.catalog_titles(),
                                           catalog_categories=self.engine.catalog.categories)
             if res.items[0].source != "template":
                 text, source = res.items[0].text, "llm"
             meta = res.metadata()
-        return {"item_id": item_id, "title": item.title,
-                "persona": {"id": persona.persona_id, "name": persona.name, "description": persona.description,
-                            "version": persona.version},
-                "attention": {pid: round(float(a), 6) for pid, a in zip(pset.ids, att)},
-                "evidence": ev, "explanation": text, "explanation_source": source, "llm": meta,
-                "score": float(ps.scores[pos])}
+        return ItemExplanation(item_id=item_id, title=item.title, persona=PersonaView.of(persona),
+                               attention={pid: round(float(a), 6) for pid, a in zip(pset.ids, att)}, evidence=ev,
+                               explanation=text, explanation_source=source, llm=meta, score=float(ps.scores[pos]))
 
     # ---- feedback ----------------------------------------------------------------------
     def feedback(self, user_id: str, item_id: str, reaction: str | float | int, text: str | None = None,
@@ -228,13 +233,12 @@ class AgentRuntime:
         text = (text or "").strip()[:500] or None
         item = self.engine.catalog.get(item_id)
         pset = self.engine.persona_store.get(user_id)
-        pending = Pending(events=[{"kind": "feedback", "item_id": item_id, "title": item.title, "reaction": r,
-                                   "text": text, "persona_id": None, "thread_id": thread_id}])
+        event = FeedbackWrite(item_id=item_id, title=item.title, reaction=r, text=text, thread_id=thread_id)
         if pset is None or not pset.personas:
             return FeedbackOutcome(user_id=user_id, item_id=item_id, title=item.title, reaction=r,
-                                   persona_id=None), pending
+                                   persona_id=None), Pending(events=[event])
         pid = persona_id if persona_id in pset.ids else self.responsible_persona(user_id, item_id)
-        pending.events[0]["persona_id"] = pid
+        pending = Pending(events=[event.model_copy(update={"persona_id": pid})])
         updated = self.refiner.numeric_update(pset, pid, item_id, r)
         batch = [Interaction(self.refiner.view(item_id), r, text)] + self._recent_reactions(user_id, pid, item_id)
         refiner = self.refiner if use_llm else self._template_refiner
@@ -255,10 +259,9 @@ class AgentRuntime:
                                    persona_id=None), Pending()
         batch = self._recent_reactions(user_id, persona_id, None)
         outcome, personas = self._refined(self.refiner, pset, pset, persona_id, item_id, r, text, thread_id, batch)
-        before, after = pset.get(persona_id), outcome.persona_after or {}
+        before, after = pset.get(persona_id), outcome.persona_after
         pending = Pending()
-        if (after.get("name"), after.get("description")) != (before.name, before.description):
-            personas["expected_versions"] = {persona_id: before.version}
+        if after is not None and (after.name, after.description) != (before.name, before.description):
             pending.personas = personas
         return outcome, pending
 
@@ -275,7 +278,7 @@ class AgentRuntime:
 
     def _refined(self, refiner: PersonaRefiner, stored: PersonaSet, updated: PersonaSet, pid: str, item_id: str,
                  r: str, text: str | None, thread_id: str | None,
-                 batch: list[Interaction]) -> tuple[FeedbackOutcome, dict]:
+                 batch: list[Interaction]) -> tuple[FeedbackOutcome, PersonaWrite]:
         """Run the textual gradient on ``updated`` and describe the change against ``stored``."""
         rejected = [i for i, rr in self.memory.reacted_items(stored.user_id).items() if rr == "dislike"]
         if r == "dislike" and item_id not in rejected:
@@ -290,72 +293,54 @@ class AgentRuntime:
         summary["evidence_added"] = [e for e in after.evidence if e not in before.evidence]
         title = self.engine.catalog.get(item_id).title
         fb = {"item_id": item_id, "title": title, "reaction": r, "text": text, "thread_id": thread_id}
-        personas = {"set": final.model_dump(mode="json"), "reason": "refinement",
-                    "feedback": {**fb, "loss": result.loss, "guard": result.guard}}
+        personas = PersonaWrite(set=final, reason="refinement", feedback={**fb, "loss": result.loss, "guard": result.guard},
+                                expected_versions=self.engine.persona_store.versions_of(stored))
         outcome = FeedbackOutcome(user_id=stored.user_id, item_id=item_id, title=title, reaction=r, persona_id=pid,
                                   persona_name=after.name, refinement=summary,
-                                  persona_before=before.model_dump(mode="json", exclude={"embedding"}),
-                                  persona_after=after.model_dump(mode="json", exclude={"embedding"}))
+                                  persona_before=PersonaView.of(before), persona_after=PersonaView.of(after))
         return outcome, personas
 
     # ---- commit ------------------------------------------------------------------------
-    def commit(self, user_id: str, pending: Pending, backend: LLMBackend | None = None) -> dict:
-        """Apply one turn's writes together; returns what was written. Semantic memory is then
+    def commit(self, user_id: str, pending: Pending, backend: LLMBackend | None = None) -> Committed:
+        """Apply one turn's writes together; returns what was written. The persona set is a
+        compare-and-set on the versions it was computed from: :class:`PersonaConflictError`
+        (nothing written) when another turn changed one of them first. Semantic memory is then
         consolidated when enough new events arrived, by ``backend`` (templates when None)."""
         store = self.engine.persona_store
-        written_personas = False
-        # personas and memory are two SQLite files: the persona transaction commits only after the
-        # memory one did, so a failure anywhere leaves both as they were
+        exposure = self.engine.exposure_store()
+        # personas and memory are two SQLite files: the persona transaction (the exposure counts
+        # share its file) commits only after the memory one did, so a failure anywhere leaves
+        # both as they were
         with store.transaction():
             with self.memory.transaction():
                 if pending.personas:
-                    new = PersonaSet.model_validate(pending.personas["set"])
+                    new = pending.personas.set
                     if new.user_id != user_id:
                         raise UsageError("persona set", new.user_id, f"the personas of user {user_id!r} only")
-                    self._check_versions(user_id, pending.personas.get("expected_versions") or {})
-                    store.put(new, reason=pending.personas.get("reason", "refinement"),
-                              feedback=pending.personas.get("feedback"))
-                    written_personas = True
+                    store.put(new, reason=pending.personas.reason, feedback=pending.personas.feedback,
+                              expected_versions=pending.personas.expected_versions)
                 records = []
                 for ev in pending.events:
-                    kind = ev["kind"]
-                    if kind == "chat_turn":
-                        records.append(self.memory.turn_record(ev.get("thread_id") or "", ev["role"], ev["text"]))
-                    elif kind == "recommendation":
-                        records.append(self.memory.shown_record(ev.get("thread_id"), ev["items"]))
-                    elif kind == "feedback":
-                        records.append(self.memory.feedback_record(ev["item_id"], ev["title"], ev["reaction"],
-                                                                   ev.get("text"), ev.get("persona_id"),
-                                                                   ev.get("thread_id")))
+                    if ev.kind == "chat_turn":
+                        records.append(self.memory.turn_record(ev.thread_id, ev.role, ev.text))
+                    elif ev.kind == "recommendation":
+                        records.append(self.memory.shown_record(ev.thread_id, [i.model_dump() for i in ev.items]))
                     else:
-                        raise UsageError("event kind", kind, ["chat_turn", "recommendation", "feedback"])
+                        records.append(self.memory.feedback_record(ev.item_id, ev.title, ev.reaction, ev.text,
+                                                                   ev.persona_id, ev.thread_id))
                 self.memory.record(user_id, records)
+                if pending.exposure:
+                    exposure.add(pending.exposure)
+                if pending.thread_id:
+                    self.threads.claim(pending.thread_id, user_id)
         consolidated = None
         try:
             consolidated = self.memory.maybe_consolidate(user_id, backend)
         except PluralError as e:  # consolidation is best effort; the turn is already committed
             log.warning("memory consolidation failed for user %s: %s", user_id, e)
-        return {"events": len(pending.events), "personas": written_personas, "consolidated": consolidated}
-
-    def _check_versions(self, user_id: str, expected: dict[str, int]) -> None:
-        """Refuse writes prepared against persona versions that are no longer current."""
-        if not expected:
-            return
-        current = self.engine.persona_store.get(user_id)
-        for pid, version in expected.items():
-            now = current.get(pid).version if current is not None and pid in current.ids else None
-            if now != version:
-                raise PersonaConflictError(user_id, pid, version, now)
+        return Committed(events=len(pending.events), personas=pending.personas is not None,
+                         exposure=len(pending.exposure), consolidated=consolidated)
 
 
-class PersonaConflictError(PluralError):
-    """Writes prepared against a persona version that changed meanwhile; nothing was written."""
-
-    def __init__(self, user_id: str, persona_id: str, expected: int, found: int | None):
-        super().__init__(f"persona {persona_id!r} of user {user_id!r} changed meanwhile (version {found}, "
-                         f"expected {expected}); nothing was written")
-        self.user_id, self.persona_id, self.expected, self.found = user_id, persona_id, expected, found
-
-
-__all__ = ["AgentConfig", "AgentRuntime", "FeedbackOutcome", "Pending", "PersonaConflictError",
+__all__ = ["AgentConfig", "AgentRuntime", "FeedbackOutcome", "ItemExplanation", "Pending", "PersonaConflictError",
            "UnknownItemError"]

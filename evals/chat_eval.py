@@ -269,7 +269,7 @@ class PluralChat(ChatSystem):
         reply = self.agent.chat(user, message, thread)
         if reply.error:
             raise RuntimeError(f"chat failed for user {user!r} on {message!r}: {reply.error}")
-        return [i["item_id"] for i in reply.items]
+        return [i.item_id for i in reply.items]
 
     def close(self) -> None:
         self.agent.close()

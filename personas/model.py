@@ -65,6 +65,26 @@ class Persona(BaseModel):
         return {"id": self.persona_id, "name": self.name}
 
 
+class PersonaView(BaseModel):
+    """A persona as results show it: everything but the embedding."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    persona_id: str
+    user_id: str
+    name: str
+    description: str
+    weight: float
+    evidence: list[str] = Field(default_factory=list)
+    categories: dict[str, float] = Field(default_factory=dict)
+    version: int = 1
+    text_source: str = "template"
+
+    @classmethod
+    def of(cls, persona: "Persona") -> "PersonaView":
+        return cls.model_validate(persona.model_dump(include=set(cls.model_fields)))
+
+
 class PersonaVersion(BaseModel):
     """A persona as it was, with why it changed (kept for audit and rollback)."""
 

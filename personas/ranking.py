@@ -66,6 +66,8 @@ class RankingMode(ABC):
 
     name: str
     description: str
+    uses_exposure: bool = False
+    """True when the mode reads ``ctx.extra["exposure"]`` (how often each item was shown)."""
 
     @abstractmethod
     def select(self, ctx: RankingContext, k: int) -> np.ndarray:
@@ -136,6 +138,7 @@ class CalibratedMode(RankingMode):
 
     def __init__(self, name: str, description: str, config: CalibrationConfig):
         self.name, self.description, self.config = name, description, config
+        self.uses_exposure = config.beta > 0
 
     def select(self, ctx: RankingContext, k: int) -> np.ndarray:
         if ctx.category_dist is None or ctx.user_categories is None:

@@ -19,6 +19,7 @@ from personas.model import PersonaSet
 from personas.ranking import RankingContext, get_mode
 from personas.recommendation import (EvidenceItem, PersonaRef, Recommendation, RecommendationList,
                                      template_explanation)
+from personas.exposure import ExposureStore
 from personas.request import Request, RequestScorer
 from personas.scorers import ItemItemScorer
 from personas.store import PersonaStore
@@ -42,6 +43,9 @@ class PersonaRecommender:
         self.popularity = popularity if popularity is not None else history.item_popularity(len(catalog))
         self.provenance = provenance or {}
         self._user_categories_cache: dict[str, np.ndarray] = {}
+        self.exposure: ExposureStore | None = None
+        """How often each item was shown to anyone (the exposure bonus of the modes that use it;
+        set by the engine; None: nothing counted, every item is new)."""
         self.request_scorer: RequestScorer | None = None
         """Applies :class:`~personas.request.Request` objects (set by the engine, which has the
         item text vectors); without it a request applies its hard constraints only."""
@@ -181,9 +185,12 @@ class PersonaRecommender:
             raise UsageError("k", k, "a positive integer")
         ranking = get_mode(mode)
         user_id = str(user_id)
+        extra = {}
+        if ranking.uses_exposure and self.exposure is not None:
+            extra["exposure"] = self.exposure.counts(self.catalog.item_ids).astype(np.float64)
         ctx, ps, pset = self.context(user_id, categories=categories, candidate_items=candidate_items,
                                      persona_focus=persona_focus, exclude_items=exclude_items, request=request,
-                                     disliked_items=disliked_items, min_candidates=k)
+                                     disliked_items=disliked_items, min_candidates=k, extra=extra)
         provenance = {**self.provenance, "mode": mode,
                       "personas": {p.persona_id: p.version for p in pset.personas},
                       "attention_rule": self.attention_config.rule}

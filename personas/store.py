@@ -12,13 +12,13 @@ import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from memory.errors import UnknownUserError, UsageError
+from memory.errors import PluralError, UnknownUserError, UsageError
 from personas.model import Persona, PersonaSet, PersonaVersion, utcnow
 
 _CONTENT_FIELDS = ("name", "description", "weight", "evidence", "categories", "text_source")
@@ -30,6 +30,15 @@ def _changed(old: Persona | None, new: Persona) -> bool:
     # embeddings are stored as float32: compare at that precision
     a, b = np.asarray(old.embedding, np.float32), np.asarray(new.embedding, np.float32)
     return a.shape != b.shape or not np.array_equal(a, b)
+
+
+class PersonaConflictError(PluralError):
+    """A write prepared against a persona version that changed meanwhile; nothing was written."""
+
+    def __init__(self, user_id: str, persona_id: str, expected: int, found: int | None):
+        super().__init__(f"persona {persona_id!r} of user {user_id!r} changed meanwhile (version {found}, "
+                         f"expected {expected}); nothing was written")
+        self.user_id, self.persona_id, self.expected, self.found = user_id, persona_id, expected, found
 
 
 class PersonaStore(ABC):
@@ -56,28 +65,48 @@ class PersonaStore(ABC):
         """Context manager: every write inside is kept, or none is (an exception escaping undoes them)."""
 
     # ---- concrete conveniences ---------------------------------------------------------
-    def put_many(self, sets: Iterable[PersonaSet], reason: str = "induction", feedback: dict | None = None) -> None:
+    def put_many(self, sets: Iterable[PersonaSet], reason: str = "induction", feedback: dict | None = None,
+                 expected_versions: Mapping[str, Mapping[str, int]] | None = None) -> None:
         """Store several users' sets in one transaction. Changed or new personas get a version
-        entry (version numbers are bumped when content changed since the stored version)."""
-        batch = []
-        for pset in sets:
-            old = self.get(pset.user_id)
-            old_by_id = {p.persona_id: p for p in old.personas} if old else {}
-            versions = []
-            fixed = []
-            for p in pset.personas:
-                prev = old_by_id.get(p.persona_id)
-                if _changed(prev, p):
-                    if prev is not None and p.version <= prev.version:
-                        p = p.model_copy(update={"version": prev.version + 1, "updated_at": utcnow()})
-                    versions.append(PersonaVersion(persona=p, reason=reason, feedback=feedback))
-                fixed.append(p)
-            batch.append((pset.model_copy(update={"personas": fixed}), versions))
-        self._write(batch)
+        entry (version numbers are bumped when content changed since the stored version).
 
-    def put(self, pset: PersonaSet, reason: str = "induction", feedback: dict | None = None) -> PersonaSet:
-        self.put_many([pset], reason, feedback)
-        return self.get(pset.user_id)  # type: ignore[return-value]
+        ``expected_versions`` (user id -> persona id -> version) makes the write a compare-and-set:
+        when a listed persona is no longer at that version (someone else changed it since it was
+        read), :class:`PersonaConflictError` is raised and nothing is written."""
+        with self.transaction():
+            batch = []
+            for pset in sets:
+                old = self.get(pset.user_id)
+                old_by_id = {p.persona_id: p for p in old.personas} if old else {}
+                for pid, version in ((expected_versions or {}).get(pset.user_id) or {}).items():
+                    found = old_by_id[pid].version if pid in old_by_id else None
+                    if found != version:
+                        raise PersonaConflictError(pset.user_id, pid, version, found)
+                versions = []
+                fixed = []
+                for p in pset.personas:
+                    prev = old_by_id.get(p.persona_id)
+                    if _changed(prev, p):
+                        if prev is not None and p.version <= prev.version:
+                            p = p.model_copy(update={"version": prev.version + 1, "updated_at": utcnow()})
+                        versions.append(PersonaVersion(persona=p, reason=reason, feedback=feedback))
+                    fixed.append(p)
+                batch.append((pset.model_copy(update={"personas": fixed}), versions))
+            self._write(batch)
+
+    def put(self, pset: PersonaSet, reason: str = "induction", feedback: dict | None = None,
+            expected_versions: Mapping[str, int] | None = None) -> PersonaSet:
+        """Store one user's set (a compare-and-set with ``expected_versions``: persona id ->
+        the version it was read at); returns the set as stored."""
+        with self.transaction():
+            self.put_many([pset], reason, feedback,
+                          {pset.user_id: dict(expected_versions)} if expected_versions else None)
+            return self.get(pset.user_id)  # type: ignore[return-value]
+
+    @staticmethod
+    def versions_of(pset: PersonaSet | None) -> dict[str, int]:
+        """Persona id -> version: what a write prepared from ``pset`` expects to find."""
+        return {p.persona_id: p.version for p in pset.personas} if pset else {}
 
     def require(self, user_id: str) -> PersonaSet:
         pset = self.get(user_id)
@@ -87,20 +116,21 @@ class PersonaStore(ABC):
 
     def rollback(self, user_id: str, persona_id: str, version: int) -> Persona:
         """Make an earlier version current again (recorded as a new version, reason ``rollback``)."""
-        pset = self.require(user_id)
-        current = pset.get(persona_id)
-        olds = [v for v in self.versions(user_id, persona_id) if v.persona.version == version]
-        if not olds:
-            have = [v.persona.version for v in self.versions(user_id, persona_id)]
-            raise UsageError("version", version, have)
-        restored = olds[-1].persona.model_copy(update={"version": current.version + 1, "updated_at": utcnow()})
-        personas = [restored if p.persona_id == persona_id else p for p in pset.personas]
-        total = sum(p.weight for p in personas) or 1.0
-        personas = [p.model_copy(update={"weight": round(p.weight / total, 6)}) for p in personas]
-        new = pset.model_copy(update={"personas": personas})
-        self._write([(new, [PersonaVersion(persona=next(p for p in personas if p.persona_id == persona_id),
-                                           reason=f"rollback to v{version}")])])
-        return next(p for p in personas if p.persona_id == persona_id)
+        with self.transaction():  # read and write as one: a concurrent change cannot slip between
+            pset = self.require(user_id)
+            current = pset.get(persona_id)
+            olds = [v for v in self.versions(user_id, persona_id) if v.persona.version == version]
+            if not olds:
+                have = [v.persona.version for v in self.versions(user_id, persona_id)]
+                raise UsageError("version", version, have)
+            restored = olds[-1].persona.model_copy(update={"version": current.version + 1, "updated_at": utcnow()})
+            personas = [restored if p.persona_id == persona_id else p for p in pset.personas]
+            total = sum(p.weight for p in personas) or 1.0
+            personas = [p.model_copy(update={"weight": round(p.weight / total, 6)}) for p in personas]
+            new = pset.model_copy(update={"personas": personas})
+            self._write([(new, [PersonaVersion(persona=next(p for p in personas if p.persona_id == persona_id),
+                                               reason=f"rollback to v{version}")])])
+            return next(p for p in personas if p.persona_id == persona_id)
 
 
 class InMemoryPersonaStore(PersonaStore):
@@ -109,10 +139,12 @@ class InMemoryPersonaStore(PersonaStore):
     def __init__(self):
         self._current: dict[str, PersonaSet] = {}
         self._versions: dict[str, list[PersonaVersion]] = {}
+        self._lock = threading.RLock()  # a transaction is one writer at a time, as in SQLite
 
     def get(self, user_id: str) -> PersonaSet | None:
-        p = self._current.get(str(user_id))
-        return p.model_copy(deep=True) if p else None
+        with self._lock:
+            p = self._current.get(str(user_id))
+            return p.model_copy(deep=True) if p else None
 
     def _write(self, items):
         for pset, versions in items:
@@ -128,12 +160,13 @@ class InMemoryPersonaStore(PersonaStore):
 
     @contextmanager
     def transaction(self):
-        saved = (copy.deepcopy(self._current), copy.deepcopy(self._versions))
-        try:
-            yield self
-        except BaseException:
-            self._current, self._versions = saved
-            raise
+        with self._lock:
+            saved = (copy.deepcopy(self._current), copy.deepcopy(self._versions))
+            try:
+                yield self
+            except BaseException:
+                self._current, self._versions = saved
+                raise
 
 
 def _dump_set(pset: PersonaSet) -> tuple[str, list[tuple[str, bytes]]]:

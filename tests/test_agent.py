@@ -98,21 +98,21 @@ def test_chat_recommends_explains_and_remembers(agent):
     assert r.error is None and r.intent == "recommend" and len(r.items) == 5
     # the turn's reply comes from the engine and templates: no model on its path
     assert len(agent.runtime.backend.calls) == calls
-    assert all(i["explanation_source"] == "template" for i in r.items)
+    assert all(i.explanation_source == "template" for i in r.items)
     later = agent.follow_up(r)  # the model's prose follows
-    assert [e.item_id for e in later.explanations] == [i["item_id"] for i in r.items]
+    assert [e.item_id for e in later.explanations] == [i.item_id for i in r.items]
     assert all(e.text.startswith("Because you enjoyed") for e in later.explanations)
     assert later.lines()[0].startswith("#1 ")
     kinds = [e.kind for e in agent.history("3")]
     assert kinds.count("chat_turn") == 2 and kinds.count("recommendation") == 1
     why = agent.chat("3", "why the second one?", thread_id="t1")
-    assert why.intent == "why" and why.answer["item_id"] == r.items[1]["item_id"]
-    assert why.answer["persona"]["id"] in why.answer["attention"] and why.answer["evidence"]
+    assert why.intent == "why" and why.answer.item_id == r.items[1].item_id
+    assert why.answer.persona.persona_id in why.answer.attention and why.answer.evidence
 
 
 def test_show_my_personas_says_what_recall_brought_back(agent):
     r = agent.chat("3", "something with starships tonight", thread_id="mem")
-    disliked = r.items[0]["title"]
+    disliked = r.items[0].title
     agent.chat("3", "not the first one, too slow", thread_id="mem")
     shown = agent.chat("3", "show my personas", thread_id="mem")
     assert shown.intent == "personas" and "What I remember about you:" in shown.response
@@ -126,7 +126,7 @@ def test_a_genre_request_focuses_the_personas_that_hold_the_genre(agent):
     genre = max(top.categories, key=top.categories.get)
     r = agent.chat("9", f"a {genre.lower()} film", thread_id="route")
     assert top.persona_id in r.meta["route_meta"]["persona_ids"] if "route_meta" in r.meta else True
-    assert all(genre in i["categories"] for i in r.items)
+    assert all(genre in i.categories for i in r.items)
 
 
 def _reading(**kw) -> dict:
@@ -154,7 +154,7 @@ def test_the_llm_reads_requests_when_asked_and_is_checked_against_the_catalog(tm
     llm = ScriptedLLM(answer)
     a = PluralAgent(AgentRuntime(engine, llm, AgentConfig(k=5, intent_parser="llm", llm_prose="off")))
     r = a.chat("3", "anything good tonight?", thread_id="read")
-    assert r.error is None and all(genre in i["categories"] for i in r.items)
+    assert r.error is None and all(genre in i.categories for i in r.items)
     assert r.meta["recommendation"]["provenance"]["request"]["source"] == "llm"
     r2 = a.chat("3", "something different", thread_id="read2")  # the model invents: the rules read it
     assert r2.error is None
@@ -165,13 +165,13 @@ def test_the_llm_reads_requests_when_asked_and_is_checked_against_the_catalog(tm
 def test_feedback_refines_the_persona_and_the_rewrite_passes_the_guard(agent):
     r = agent.chat("3", "something with starships", thread_id="fb")
     first = r.items[0]
-    before = agent.engine.persona_store.get("3").get(first["persona"]["id"])
+    before = agent.engine.persona_store.get("3").get(first.persona.id)
     fb = agent.chat("3", "I loved the first one", thread_id="fb")
     assert fb.intent == "feedback" and fb.error is None
     turn = agent.engine.persona_store.get("3").get(before.persona_id)  # the turn: numbers, template text
-    assert turn.weight > before.weight and turn.evidence[0] == first["item_id"] and turn.name == before.name
+    assert turn.weight > before.weight and turn.evidence[0] == first.item_id and turn.name == before.name
     later = agent.follow_up(fb)  # the model's textual gradient follows the reply
-    ref = later.persona["refinement"]
+    ref = later.persona.refinement
     assert ref["alignment"][0]["actual"].startswith("accept")
     assert ref["loss"] and ref["guard"]["accepted"] is True and ref["guard"]["new"] >= ref["guard"]["old"]
     after = agent.engine.persona_store.get("3").get(before.persona_id)
@@ -182,7 +182,7 @@ def test_feedback_refines_the_persona_and_the_rewrite_passes_the_guard(agent):
     assert versions[-1].feedback["guard"]["accepted"] is True
     # an item reacted to is not recommended again
     again = agent.chat("3", "more space adventures", thread_id="fb")
-    assert first["item_id"] not in {i["item_id"] for i in again.items}
+    assert first.item_id not in {i.item_id for i in again.items}
     # and the change can be rolled back
     restored = agent.rollback("3", before.persona_id, before.version)
     assert restored.description == before.description and restored.version == after.version + 1
@@ -197,7 +197,7 @@ def test_drift_guard_rejects_a_rewrite_that_explains_the_evidence_worse(tmp_path
     a = use_title_guard(PluralAgent(AgentRuntime(engine, make_llm(rewrite_text=bad, route_last=False),
                                                  AgentConfig(refine=RefineConfig(simulator="embedding")))))
     r = a.chat("3", "a space film with starships", thread_id="g")
-    pid = r.items[0]["persona"]["id"]
+    pid = r.items[0].persona.id
     before = a.engine.persona_store.get("3").get(pid)
     assert before.name == "Space"
     fb = a.chat("3", "loved the first", thread_id="g")
@@ -209,9 +209,9 @@ def test_drift_guard_rejects_a_rewrite_that_explains_the_evidence_worse(tmp_path
     # the same refusal inside the turn, with the model inline
     a.runtime.config.llm_prose = "inline"
     r2 = a.chat("3", "something with starships", thread_id="g2")
-    n = next(k for k, i in enumerate(r2.items, start=1) if i["persona"]["id"] == pid)
+    n = next(k for k, i in enumerate(r2.items, start=1) if i.persona.id == pid)
     fb2 = a.chat("3", f"loved #{n}", thread_id="g2")
-    ref = fb2.answer["refinement"]
+    ref = fb2.answer.refinement
     assert ref["proposed"]["name"] == "Cowboy Space" and ref["guard"]["accepted"] is False
     assert ref["guard"]["new"] < ref["guard"]["old"] and "kept the old one" in fb2.response
 
@@ -240,8 +240,8 @@ def test_resume_after_restart(tmp_path, hash_config):
     a.close()
     b = open_agent()  # a new process would do exactly this
     why = b.chat("7", "why the third?", thread_id="resume")
-    assert why.answer["item_id"] == r.items[2]["item_id"]
-    assert [t["role"] for t in b.transcript("resume", "7")] == ["user", "assistant"] * 2
+    assert why.answer.item_id == r.items[2].item_id
+    assert [t.role for t in b.transcript("resume", "7")] == ["user", "assistant"] * 2
     b.close()
 
 
@@ -320,7 +320,7 @@ def test_llm_failure_mid_turn_still_answers_with_templates(tmp_path, hash_config
                                  AgentConfig(refine=RefineConfig(simulator="embedding"))))
     r = a.chat("3", "something with starships", thread_id="down")
     assert r.error is None and len(r.items) == 5
-    assert all(i["explanation_source"] == "template" for i in r.items)
+    assert all(i.explanation_source == "template" for i in r.items)
     later = a.follow_up(r)
     assert later.explanations == [] and "timed out" in later.meta["llm_error"]
     fb = a.chat("3", "not the first", thread_id="down")
@@ -329,7 +329,7 @@ def test_llm_failure_mid_turn_still_answers_with_templates(tmp_path, hash_config
     # the model inside the turn: the turn still answers, with templates, and says why
     a.runtime.config.llm_prose = "inline"
     r2 = a.chat("3", "more", thread_id="down")
-    assert r2.error is None and all(i["explanation_source"] == "template" for i in r2.items)
+    assert r2.error is None and all(i.explanation_source == "template" for i in r2.items)
     assert "timed out" in r2.meta["llm_error"] and "timed out" in r2.meta["recommendation"]["meta"]["llm_error"]
 
 
@@ -349,7 +349,7 @@ def test_a_failed_commit_leaves_memory_personas_and_thread_as_they_were(agent, m
     monkeypatch.undo()
     # the conversation continues from the last good turn: "the second one" is still the old list's
     why = agent.chat("3", "why the second one?", thread_id="atomic")
-    assert why.answer["item_id"] == r.items[1]["item_id"]
+    assert why.answer.item_id == r.items[1].item_id
 
 
 def test_semantic_memory_is_consolidated_from_events_and_cites_them(agent):
@@ -395,9 +395,9 @@ def test_real_smollm2_chat_turn(tmp_path, hash_config):
                                                              language={"describe_personas": False})))
     r = a.chat("3", "something with starships", thread_id="real")
     assert r.error is None and len(r.items) == 3
-    assert all(i["explanation"] for i in r.items)
+    assert all(i.explanation for i in r.items)
     fb = a.chat("3", "not the first one", thread_id="real")
-    assert fb.error is None and fb.answer["refinement"] is not None
+    assert fb.error is None and fb.answer.refinement is not None
 
 
 def test_the_documented_api_example_runs(tmp_path, capsys):
@@ -425,7 +425,7 @@ def test_langgraph_json_names_a_graph_the_server_can_build_and_run(tmp_path, mon
     monkeypatch.setenv("PLURAL_DATA_DIR", str(tmp_path / "data"))
     graph = runpy.run_path(str(root / path))[func]()
     state = graph.invoke({"user_id": "3", "thread_id": "srv", "message": "something with starships"})
-    assert state["understanding"]["intent"] == "recommend" and state["recommendation"]["items"]
+    assert state["understanding"].intent == "recommend" and state["recommendation"].items
     assert state.get("error") is None and state["response"]
 
 

@@ -129,8 +129,8 @@ def test_the_factory_builds_once_off_the_event_loop(tmp_path, monkeypatch):
     (first, second), cached, state = asyncio.run(serve())
     assert first is second is cached  # one engine, one embedder load
     assert make_graph() is cached  # plain synchronous callers get the same graph
-    assert state["recommendation"]["items"]
-    assert all("Western" in it["categories"] for it in state["recommendation"]["items"])
+    assert state["recommendation"].items
+    assert all("Western" in it.categories for it in state["recommendation"].items)
 
 
 @pytest.mark.server

@@ -225,17 +225,17 @@ def test_chat_a_scary_movie_is_horror_and_a_refusal_is_never_shown_again(chat_ag
     a = chat_agent
     user = a.runtime.engine.history.user_ids[0]
     r1 = a.chat(user, "something funny", "t")
-    assert r1.error is None and all("Comedy" in i["categories"] for i in r1.items)
+    assert r1.error is None and all("Comedy" in i.categories for i in r1.items)
     r2 = a.chat(user, "a scary movie", "t")
-    assert all("Horror" in i["categories"] for i in r2.items)
-    assert {i["item_id"] for i in r1.items}.isdisjoint({i["item_id"] for i in r2.items})
-    first = r2.items[0]["item_id"]
+    assert all("Horror" in i.categories for i in r2.items)
+    assert {i.item_id for i in r1.items}.isdisjoint({i.item_id for i in r2.items})
+    first = r2.items[0].item_id
     r3 = a.chat(user, "not the first one", "t")
     assert r3.intent == "feedback"
     seen_after = set()
     for msg in ("more", "a scary movie", "something else", "more"):
         r = a.chat(user, msg, "t")
-        seen_after |= {i["item_id"] for i in r.items}
+        seen_after |= {i.item_id for i in r.items}
     assert first not in seen_after
 
 
@@ -244,12 +244,12 @@ def test_chat_more_like_the_second_one_is_close_to_it(chat_agent):
     e = a.runtime.engine
     user = e.history.user_ids[3]
     r1 = a.chat(user, "a western", "t2")
-    second = r1.items[1]["item_id"]
+    second = r1.items[1].item_id
     r2 = a.chat(user, "more like the second one", "t2")
-    assert r2.intent == "refine" and second not in {i["item_id"] for i in r2.items}
+    assert r2.intent == "refine" and second not in {i.item_id for i in r2.items}
     sim = e.request_scorer().reference_similarity(e.catalog.index(second))
     plain = e.recommend(user, 5, "persona_calibrated")
-    assert np.mean([sim[e.catalog.index(i["item_id"])] for i in r2.items]) > \
+    assert np.mean([sim[e.catalog.index(i.item_id)] for i in r2.items]) > \
         np.mean([sim[e.catalog.index(it.item_id)] for it in plain.items])
     assert "like" in r2.response.splitlines()[0]
 

@@ -20,6 +20,16 @@ def _titles_in(text: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^\d+\. (.+?) \[", text, re.M)]
 
 
+def _fresh_exposure(folder):
+    """Every surface answers from the same state: no item shown yet (the exposure bonus of
+    persona_calibrated would otherwise, rightly, move the next list)."""
+    from agent.engine import Engine
+
+    e = Engine.open_data_dir(folder)
+    e.exposure_store().reset()
+    e.close()
+
+
 def test_every_surface_gives_the_same_list_for_the_same_request(tmp_path, capsys, monkeypatch):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"embedder": "hash:128"}))
@@ -32,20 +42,23 @@ def test_every_surface_gives_the_same_list_for_the_same_request(tmp_path, capsys
     assert len(reference) == 5 and doc["provenance"]["request"]["wanted_categories"] == ["Western"]
     assert all("Western" in r["categories"] for r in doc["recommendations"])
 
+    _fresh_exposure(tmp_path / "dd")
     assert main(["chat", "--user", "3", "--thread", "one", "--message", MESSAGE, "--json", "--llm", "none",
                  *common]) == 0
     reply = json.loads(capsys.readouterr().out)
     assert [i["title"] for i in reply["items"]] == reference
     assert reply["meta"]["recommendation"]["provenance"]["request"]["period"] == {"start": 1990, "end": 1999}
 
+    _fresh_exposure(tmp_path / "dd")
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{MESSAGE}\n/quit\n"))
     assert main(["chat", "--user", "3", "--thread", "two", "--llm", "none", *common]) == 0
     assert _titles_in(capsys.readouterr().out) == reference
 
     from agent.api import PluralAgent
 
+    _fresh_exposure(tmp_path / "dd")
     agent = PluralAgent.from_data_dir(tmp_path / "dd", llm="none")
-    assert [i["title"] for i in agent.chat("3", MESSAGE, "three").items] == reference
+    assert [i.title for i in agent.chat("3", MESSAGE, "three").items] == reference
     agent.close()
 
     # the graph `langgraph dev` builds from langgraph.json, on the same data and settings
@@ -57,7 +70,7 @@ def test_every_surface_gives_the_same_list_for_the_same_request(tmp_path, capsys
     graph = runpy.run_path(str(ROOT / path))[func]()
     state = graph.invoke({"user_id": "3", "thread_id": "four", "message": MESSAGE},
                          {"configurable": {"thread_id": "four"}})
-    assert [i["title"] for i in state["recommendation"]["items"]] == reference
+    assert [i.title for i in state["recommendation"].items] == reference
 
 
 def test_the_interactive_chat_lists_personas_and_versions_and_refuses_unknown_commands(tmp_path, capsys,
