@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.graph.builder import Answer, AgentState, FeedbackAnswer, TranscriptTurn, WhyAnswer, state_serde
 from agent.runtime import AgentConfig, AgentRuntime, FeedbackOutcome, ItemExplanation, PersonaConflictError
-from agent.writes import Committed, Pending
+from agent.writes import Committed
 from memory.errors import PluralError, UnknownUserError, UsageError
 from personas.model import Persona, PersonaVersion
 from personas.recommendation import Recommendation, RecommendationList

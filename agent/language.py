@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +44,9 @@ from agent.llm.validated import FallbackCounter
 from personas.model import PersonaSet
 from personas.recommendation import EvidenceItem, PersonaRef, RecommendationList
 from personas.request import Request
+
+if TYPE_CHECKING:
+    from agent.writes import PersonaWrite
 
 log = logging.getLogger("plural.language")
 

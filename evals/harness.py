@@ -161,7 +161,7 @@ class RecEvaluation:
         self.config = config or EvalConfig()
         self.models = self.config.selected_models()
         if not self.config.ks or min(self.config.ks) <= 0:
-            raise UsageError("--k", self.config.ks, "one or more positive integers")
+            raise UsageError("ks", self.config.ks, "one or more positive integers")
         self.ks = sorted(set(self.config.ks))
         self.kmax = max(self.ks)
         self._progress = progress or (lambda desc, total: (lambda n=1: None))

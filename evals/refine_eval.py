@@ -208,7 +208,7 @@ class RefineEvaluation:
                 if u not in known:
                     raise UnknownUserError(u, self.dataset.interactions.user_ids())
                 if u not in eligible:
-                    raise UsageError("--user", u, f"a user with at least {need} held-out positives (reveal "
+                    raise UsageError("user_ids", u, f"a user with at least {need} held-out positives (reveal "
                                                   f"{cfg.reveal} + {cfg.min_remaining} to measure on); this one "
                                                   f"has {len(test_items.get(u, []))}")
             return list(dict.fromkeys(cfg.user_ids)), len(eligible)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agent.request_parser import ParseContext, activated_personas, parse_request
-from personas.request import Period, Request, RequestConfig, RequestScorer, item_years, score_spread
+from personas.request import Period, Request, RequestConfig, item_years, score_spread
 
 ML_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
              "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
