@@ -291,6 +291,44 @@ def chat(
     _interactive_chat(agent, user, thread)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    concurrent: Annotated[int, typer.Option("--concurrent", help="Requests computed at once.")] = 32,
+    llm: LLMOpt = None, model: ModelOpt = None, base_url: BaseUrlOpt = None,
+    postgres_url: Annotated[Optional[str], typer.Option("--postgres-url", help="Keep checkpoints (and the stores) in this Postgres (default: SQLite files in the data directory; also $PLURAL_POSTGRES_URL).")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="Items per chat list.")] = 5,
+    dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
+    items: ItemsOpt = None, columns: ColumnsOpt = None, config: ConfigOpt = None, data_dir: DataDirOpt = None,
+) -> None:
+    """Serve the agent over HTTP for many users at once: POST /chat, /recommend, /feedback,
+    /follow_up; GET /users/{id}/personas, /users/{id}/history, /threads/{id}, /health (see
+    agent/server.py). The LLM defaults to none here: a server's turns never wait for a model;
+    give --llm for /follow_up."""
+    from agent.api import PluralAgent
+    from agent.runtime import AgentConfig, AgentRuntime
+    from agent.server import serve as run_server
+
+    if not 1 <= port <= 65535:
+        raise UsageError("--port", port, "1-65535")
+    import os
+
+    # many turns at once on few cores: one torch thread per turn (torch's own pool of one thread per
+    # core per turn oversubscribes the CPU; measured: 22 -> 30 turns/s with 32 users on 2 cores)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    backend = _backend(llm, model, base_url) if llm not in (None, "none") else None
+    engine = _open_engine(_source(dataset, data, train, test, items, columns), _config(config), data_dir, False)
+    agent = PluralAgent(AgentRuntime(engine, backend, AgentConfig(k=k)), postgres_url=postgres_url)
+    agent.runtime.warm_up()
+    _console(stderr=True).print(f"Plural serving {engine.data_dir.name} on http://{host}:{port} "
+                                f"({len(engine.history.user_ids)} users); Ctrl-C stops")
+    try:
+        run_server(agent, host, port, concurrent)
+    finally:
+        agent.close()
+
+
 _HELP = ("Ask for something (\"something light and funny tonight\", \"a scary movie from the 80s\", \"like Heat\"), "
          "react (\"not that one, too violent\", \"loved the first\"), ask \"why the third?\", \"more like the "
          "second one\", \"more\", \"show my personas\". Commands: /personas, /versions, /rollback PERSONA VERSION, "

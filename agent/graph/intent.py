@@ -39,7 +39,7 @@ _PERSONAS_RE = re.compile(r"\b(show|list|see|what are|tell me)\b.*\b(personas?|t
                           r"^\s*(my\s+)?personas?\s*\??$", re.I)
 _WHY_RE = re.compile(r"^\s*why\b|\bwhy\s+(the|that|this|did|is|was|number|#|item|recommend)|\bexplain\b|"
                      r"\bhow come\b", re.I)
-_NEG_RE = re.compile(r"\b(not\s+(that|this|it|the|for me|my thing|interested)|no thanks|nope|don'?t\s+(like|want|"
+_NEG_RE = re.compile(r"\b(not\s+(that|this|it|the|for me|my thing|interested|(#|no\.?\s*|number\s+)\d{1,2})|no thanks|nope|don'?t\s+(like|want|"
                      r"enjoy|care)|dislike[sd]?|hated?|too\s+\w+|boring|awful|terrible|seen it|already seen|"
                      r"meh|skip)\b", re.I)
 _POS_RE = re.compile(r"\b(loved?|enjoyed|great|perfect|awesome|amazing|brilliant|fantastic|"
@@ -49,6 +49,9 @@ _REFINE_RE = re.compile(r"\b(more like|similar to|something (else|similar|differ
                         r"instead|other (ones|options|picks)|(something|anything|stuff|films?|movies?|ones?) like)\b",
                         re.I)
 _LIKE_AS_SIMILAR = re.compile(r"\b(more|something|anything|stuff|films?|movies?|ones?|similar)\s+(like|to)\b", re.I)
+
+
+_WISH_NOT_TOO = re.compile(r"^\s*(something\s+|anything\s+)?(not|nothing|no)\s+too\b", re.I)
 
 
 class Understanding(BaseModel):
@@ -76,8 +79,8 @@ def find_reference(text: str, list_length: int) -> int | None:
     m = _ORDINAL_RE.search(text)
     if m:
         word = m.group(1).lower()
-        # "one" alone is too common ("a funny one"): count it only as "the one"/"number one"
-        if word == "one" and not re.search(r"\b(the|number)\s+one\b", text, re.I):
+        # "one" alone is too common ("a funny one", "the one with the shark"): only "number one" counts
+        if word == "one" and not re.search(r"\bnumber\s+one\b", text, re.I):
             return None
         return _ORDINALS[word]
     return None
@@ -95,6 +98,8 @@ def understand_by_rules(message: str, list_length: int = 0, focus: int | None = 
     has_list = list_length > 0
     # "more like the second one" asks for similar items; it is not a "like"
     neg, pos = bool(_NEG_RE.search(text)), bool(_POS_RE.search(_LIKE_AS_SIMILAR.sub(" ", text)))
+    if ref is None and not deictic and _WISH_NOT_TOO.search(text):
+        neg = False  # "not too long please", "nothing too scary": a wish about the next list, not a reaction
     if has_list and (neg or pos) and (ref is not None or deictic or not _REFINE_RE.search(text)):
         reaction = "dislike" if neg else "like"
         return Understanding(intent="feedback", reference=ref or focus or 1, reaction=reaction, request=text)
