@@ -177,6 +177,14 @@ def test_langgraph_dev_serves_the_graph_without_blocking_calls(tmp_path):
         assert second["answer"]["item_id"] == items[0]["item_id"] and second["answer"]["position"] == 1
         assert items[0]["title"] in second["response"]
 
+        # another user on that server thread is refused, and the owner's conversation goes on
+        intruder = client.runs.wait(thread, "plural", input={"user_id": "4", "thread_id": "x", "message": "why the "
+                                                             "first?"}, raise_error=False)
+        assert "another user" in (intruder.get("error") or ""), intruder
+        third = turn("not the first one")
+        assert third["understanding"]["intent"] == "feedback" and third["answer"]["item_id"] == items[0]["item_id"]
+        assert len(third["transcript"]) == 6  # the refused turn left no trace in the thread
+
         text = _log(log)
         assert "BlockingError" not in text and "Blocking call" not in text, text
     finally:

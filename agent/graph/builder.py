@@ -188,26 +188,30 @@ def state_serde():
 
 def build_graph(runtime: AgentRuntime, checkpointer=None):
     """Compile the agent's graph over ``runtime`` (see the module docstring)."""
+    from langchain_core.runnables import RunnableConfig
     from langgraph.graph import END, START, StateGraph
 
-    def understand_node(state: AgentState) -> dict:
+    def understand_node(state: AgentState, config: RunnableConfig) -> dict:
         msg = state.message.strip()
+        # the checkpointer's thread is the thread (a server's client cannot claim another one)
+        thread_id = (config.get("configurable") or {}).get("thread_id") or state.thread_id
+        reset = {**_TURN_RESET, "thread_id": str(thread_id)}
         try:
-            runtime.threads.check(state.thread_id, state.user_id)
+            runtime.threads.check(str(thread_id), state.user_id)
         except (ThreadOwnershipError, PluralError) as e:
-            return {**_TURN_RESET, "error": str(e)}
+            return {**reset, "error": str(e)}
         if not msg:
-            return {**_TURN_RESET, "error": "Your message was empty. Ask for something, e.g. \"something light "
-                                            "and funny tonight\"."}
+            return {**reset, "error": "Your message was empty. Ask for something, e.g. \"something light and "
+                                      "funny tonight\"."}
         if len(msg) > runtime.config.max_message_chars:
-            return {**_TURN_RESET, "error": f"Your message has {len(msg)} characters; please keep it under "
-                                            f"{runtime.config.max_message_chars}."}
+            return {**reset, "error": f"Your message has {len(msg)} characters; please keep it under "
+                                      f"{runtime.config.max_message_chars}."}
         backend = runtime.backend if runtime.config.intent_parser == "llm" else None
         u, err = understand(msg, len(state.results), state.focus, backend)
         meta: dict[str, Any] = {"intent_source": u.source}
         if err:
             meta["llm_error"] = err
-        return {**_TURN_RESET, "understanding": u, "meta": meta}
+        return {**reset, "understanding": u, "meta": meta}
 
     def recall_node(state: AgentState) -> dict:
         if state.error:
