@@ -21,6 +21,29 @@ Selection rules (validation, K = 10):
   output says so).
 * ``plural:persona_only`` (no genre information): among persona-only variants with
   NDCG >= ``accuracy_floor`` x EASE, the lowest C_KL; else the highest NDCG.
+
+What is reported is what the product does. The test lists of every mode whose ranking reads the
+exposure counts (``plural:persona_calibrated``; ``plural:persona_only`` when its chosen beta is
+above 0) are not computed by the vectorised re-ranker: the users are *replayed* through the
+product's own path, a :class:`~personas.recommender.PersonaRecommender` over the split (the EASE
+fitted on train, a :class:`~memory.history.HistoryIndex` of the training rows, the split's
+induced personas in an :class:`~personas.store.InMemoryPersonaStore`, ``exclude`` as the
+protocol's), whose ``recommend`` is called user by user in the split's user order with the
+chosen settings as its mode; each list's items are added to an
+:class:`~personas.exposure.InMemoryExposureStore` (in a transaction) before the next user, as a
+chat turn or an API call commits what it showed. Every replay starts from a fresh, empty store:
+one per list length (``--k 10 20`` replays twice, 10 and 20 items each time) and per variant.
+``persona_calibrated`` is also replayed with ``beta = 0`` (its other settings unchanged): the
+document's ``exposure_bonus`` section has both, and the research bar is stated for both.
+
+Validation (and the test trade-off points) keep the vectorised re-ranker as a selection
+device, with the replay's exposure semantics: counts start at zero for each variant and are
+updated after every user in the same user order (``exposure_chunk = 1``, exact). What still
+differs from the replay is recorded on test in ``replay.per_k`` (the share of users whose
+vectorised list equals the replayed one): base scores come from one sparse product instead of
+the sum of the personas' contributions (float rounding can swap near-tied candidates), ``p(g|u)``
+from a matrix product, and a user without personas is re-ranked instead of given the popularity
+fallback.
 """
 
 from __future__ import annotations
@@ -44,9 +67,14 @@ from evals.splits import SplitArrays, SplitConfig, rank_unseen, split_dataset, v
 from evals.stats import bootstrap_ci, paired_comparison
 from memory.dataset import Dataset
 from memory.errors import DataFormatError, UsageError
+from memory.history import HistoryIndex
 from personas.calibration import CalibrationConfig, calibrated_rerank
+from personas.exposure import InMemoryExposureStore
 from personas.induction import InductionConfig
+from personas.ranking import CalibratedMode
+from personas.recommender import PersonaRecommender
 from personas.scorers import EASE, ItemKNN
+from personas.store import InMemoryPersonaStore
 
 SCHEMA_VERSION = 1
 
@@ -133,6 +161,35 @@ class _Stage:
     cache: dict = field(default_factory=dict)
 
 
+@dataclass
+class RunOutputs:
+    """What ``run()`` ranked with and what it listed, kept for inspection (tests, notebooks)."""
+
+    split: object
+    """The :class:`~evals.splits.Split` (``split.train`` is every training row)."""
+    users: list[str]
+    """Evaluated users, in the order of every list's rows and of the replay."""
+    scorer: EASE
+    """EASE fitted on the training positives (the replay's scorer)."""
+    personas: SplitPersonas | None
+    """The personas induced from the training positives."""
+    lists: dict[str, dict[int, np.ndarray]]
+    """Model -> K -> ``(users, K)`` item positions as evaluated (``-1`` pads)."""
+    without_bonus: dict[int, np.ndarray] | None = None
+    """``persona_calibrated`` replayed with ``beta = 0``, per K."""
+
+
+class _ReplayPersonaStore(InMemoryPersonaStore):
+    """The in-memory persona store, read-only in a replay: ``get`` hands out the stored set
+    itself rather than a deep copy (the replay never changes a persona, and copying every
+    persona's text embedding was a third of a replay's time). Same sets, same lists: the tests
+    replay through a plain :class:`InMemoryPersonaStore` and compare."""
+
+    def get(self, user_id: str):
+        with self._lock:
+            return self._current.get(str(user_id))
+
+
 def _versions() -> dict:
     import importlib.metadata as md
 
@@ -168,6 +225,8 @@ class RecEvaluation:
         self.timings: dict[str, float] = {}
         self.catalog = dataset.catalog
         self.C = self.catalog.category_distribution()
+        self.outputs: RunOutputs | None = None
+        """Set by ``run()``."""
 
     # ------------------------------------------------------------------ helpers
     def _timed(self, name: str):
@@ -209,8 +268,40 @@ class RecEvaluation:
             kw["persona_weights"] = p.weights
             kw["cand_persona_rank"] = np.take_along_axis(p.persona_rank, np.maximum(cand, 0), axis=1)
         if cfg.beta > 0:
-            kw["exposure"] = np.zeros(len(self.catalog))  # exposure starts empty in every run
+            # as the replay: counts start empty for every variant and grow after every user
+            kw["exposure"] = np.zeros(len(self.catalog))
+            cfg = cfg.model_copy(update={"exposure_chunk": 1})
         return calibrated_rerank(cand, cs, stage.profiles, self.C, cfg, **kw)
+
+    # ------------------------------------------------------------------ the product's path
+    def recommender(self, train_log, stage: _Stage) -> PersonaRecommender:
+        """The product's recommender over a split: ``stage``'s fitted EASE, a history index of
+        the training rows, the stage's personas in an in-memory store, the protocol's exclusion."""
+        history = HistoryIndex.build(train_log, self.catalog, self.config.split.positive_threshold)
+        store = _ReplayPersonaStore()
+        store.put_many(stage.personas.sets)
+        return PersonaRecommender(self.catalog, stage.ease, history, store, exclude=self.config.exclude,
+                                  provenance={"evaluation": "plural eval rec", "split": stage.name})
+
+    def replay(self, rec: PersonaRecommender, users: list[str], cfg: CalibrationConfig, k: int,
+               name: str = "eval") -> tuple[np.ndarray, int]:
+        """``(users, k)`` lists of ``rec.recommend(user, k, mode)`` for each user in order, the
+        mode being ``cfg``; a fresh exposure store, each list added to it before the next user
+        (as a turn commits what it showed). Returns the lists and the showings counted."""
+        mode = CalibratedMode(name, f"plural eval rec: {cfg.label()}", cfg)
+        store = InMemoryExposureStore()
+        rec.exposure = store
+        top = np.full((len(users), k), -1, np.int64)
+        try:
+            for r, u in enumerate(users):
+                ids = [it.item_id for it in rec.recommend(u, k, mode).items]
+                with store.transaction():
+                    store.add(ids)
+                if ids:
+                    top[r, :len(ids)] = self.catalog.indices(ids)
+        finally:
+            rec.exposure = None
+        return top, store.total()
 
     def _fit_ease(self, stage: _Stage, l2: float) -> None:
         stage.ease = EASE(l2=l2).fit(stage.arrays.train_matrix)
@@ -227,6 +318,42 @@ class RecEvaluation:
         return {name: round(float(m[f"{name}@{k}"]), 6) for name in ("NDCG", "C_KL", "MinorityRecall", "Coverage",
                                                                       "Recall", "TDD_genre", "TDD_persona")
                 if f"{name}@{k}" in m}
+
+    def _bonus_doc(self, test: _Stage, ease: ListEvaluation, no_bonus: dict[int, np.ndarray],
+                   embeddings: np.ndarray, models_doc: dict, chosen: CalibrationConfig,
+                   without: CalibrationConfig) -> dict:
+        """``persona_calibrated`` with its chosen exposure bonus and with ``beta = 0`` (both replayed)."""
+        cfg = self.config
+        names = [f"{m}@{k}" for k in self.ks for m in ("NDCG", "C_KL", "MinorityRecall", "Coverage", "Recall",
+                                                        "TDD_persona")]
+        with_doc = models_doc["plural:persona_calibrated"]
+        out = {"beta": chosen.beta, "with_bonus_label": chosen.label(), "without_bonus_label": without.label(),
+               "lists": "replay (PersonaRecommender.recommend, fresh exposure per k)",
+               "with_bonus": {"metrics": {n: with_doc["metrics"].get(n) for n in names},
+                              "vs_ease": {n: with_doc["vs_ease"].get(n) for n in names if n in with_doc["vs_ease"]},
+                              "attributed_share": with_doc["attributed_share"]}}
+        evs = [self._evaluate(test, no_bonus[k], (k,), test.personas, embeddings) for k in self.ks]
+        ev = ListEvaluation({n: v for e in evs for n, v in e.per_user.items()},
+                            {n: v for e in evs for n, v in e.coverage.items()})
+        means = ev.means()
+        vs = {}
+        for n in names:
+            if n in ev.per_user and n in ease.per_user:
+                pc = paired_comparison(ev.per_user[n], ease.per_user[n], n_resamples=cfg.bootstrap,
+                                       seed=cfg.split.seed)
+                vs[n] = {"ratio": _num(pc.ratio), "difference": _num(pc.difference),
+                         "ci": [_num(pc.ci_low), _num(pc.ci_high)], "p_value": _num(pc.p_value), "n": pc.n}
+            elif n in ev.coverage and n in ease.coverage:
+                vs[n] = {"ratio": _num(ev.coverage[n] / ease.coverage[n]) if ease.coverage[n] else None}
+        listed = sum(int((no_bonus[k] >= 0).sum()) for k in self.ks)
+        attributed = sum(int(((test.personas.labels(no_bonus[k]) >= 0) & (no_bonus[k] >= 0)).sum())
+                         for k in self.ks)
+        out["without_bonus"] = {"metrics": {n: _num(means.get(n)) for n in names}, "vs_ease": vs,
+                                "attributed_share": round(attributed / max(listed, 1), 6)}
+        out["coverage_gain_from_bonus"] = {
+            str(k): _num(out["with_bonus"]["metrics"][f"Coverage@{k}"] / out["without_bonus"]["metrics"][f"Coverage@{k}"])
+            if out["without_bonus"]["metrics"][f"Coverage@{k}"] else None for k in self.ks}
+        return out
 
     # ------------------------------------------------------------------ validation
     def _tune(self, val: _Stage, text_vectors: np.ndarray) -> dict:
@@ -285,7 +412,7 @@ class RecEvaluation:
                 for lam, mu, beta, gamma in itertools.product(cfg.joint_lambdas, cfg.joint_mus, cfg.joint_betas,
                                                               cfg.joint_gammas):
                     c = CalibrationConfig(lam=lam, mu=mu, beta=beta, gamma=gamma, resort=True, k=10,
-                                          n_candidates=cfg.candidates)
+                                          n_candidates=cfg.candidates, exposure_chunk=1)
                     ev = self._evaluate(val, self._rerank(val, c), (10,), val.personas)
                     pc = paired_comparison(ev["MinorityRecall@10"], ease_ev["MinorityRecall@10"],
                                            n_resamples=cfg.bootstrap, seed=cfg.split.seed)
@@ -295,7 +422,8 @@ class RecEvaluation:
                 bar()
                 only = []
                 for mu, beta in itertools.product(cfg.persona_only_mus, cfg.persona_only_betas):
-                    c = CalibrationConfig(lam=0.0, mu=mu, beta=beta, resort=True, k=10, n_candidates=cfg.candidates)
+                    c = CalibrationConfig(lam=0.0, mu=mu, beta=beta, resort=True, k=10, n_candidates=cfg.candidates,
+                                          exposure_chunk=1)
                     only.append({"config": c.model_dump(), "label": "persona-only " + c.label(),
                                  "validation@10": self._summary(self._evaluate(val, self._rerank(val, c), (10,),
                                                                                val.personas))})
@@ -360,6 +488,16 @@ class RecEvaluation:
             params[name] = p
             bar()
 
+        rec: PersonaRecommender | None = None
+        no_bonus: dict[int, np.ndarray] | None = None
+        c0: CalibrationConfig | None = None
+        replay_doc: dict = {
+            "what": "test lists of the modes marked params.lists = 'replay': PersonaRecommender.recommend for "
+                    "each evaluated user in the split's user order, each list's items added to the exposure "
+                    "counts (in a transaction) before the next user",
+            "exposure": "a fresh InMemoryExposureStore per replay: per list length and per variant",
+            "exclude": cfg.exclude, "users": len(A.users), "per_k": {}}
+
         def full_rank(scores: np.ndarray) -> dict[int, np.ndarray]:
             top = rank_unseen(scores, test.exclude, self.kmax)
             return {k: top[:, :k] for k in self.ks}
@@ -407,11 +545,44 @@ class RecEvaluation:
                                             for k in self.ks}, time.perf_counter() - t, {"mode": "persona_fill"})
             for name, key in (("plural:persona_calibrated", "persona_calibrated"),
                               ("plural:persona_only", "persona_only")):
-                if name in self.models:
-                    c = CalibrationConfig.model_validate(tuning[key]["chosen"])
-                    t = time.perf_counter()
+                if name not in self.models:
+                    continue
+                c = CalibrationConfig.model_validate(tuning[key]["chosen"])
+                p = {"calibration": c.model_dump(exclude={"k"})}
+                t = time.perf_counter()
+                if c.beta > 0 or name == "plural:persona_calibrated":
+                    # the product's path: PersonaRecommender.recommend, user by user, fresh exposure
+                    with self._timed("replay"):
+                        if rec is None:
+                            rec = self.recommender(split.train, test)
+                        by_k = {}
+                        for k in self.ks:
+                            by_k[k], shown = self.replay(rec, A.users, c, k, name)
+                            replay_doc["per_k"].setdefault(str(k), {})[name] = {"showings": shown}
+                    p["lists"] = "replay"
+                    add(name, by_k, time.perf_counter() - t, p)
+                else:  # no exposure in its ranking: the vectorised re-ranker
+                    p["lists"] = "vectorised"
                     add(name, {k: self._rerank(test, c.model_copy(update={"k": k})) for k in self.ks},
-                        time.perf_counter() - t, {"calibration": c.model_dump(exclude={"k"})})
+                        time.perf_counter() - t, p)
+            if "plural:persona_calibrated" in self.models:
+                c = CalibrationConfig.model_validate(tuning["persona_calibrated"]["chosen"])
+                with self._timed("replay"):
+                    for k in self.ks:
+                        # what the vectorised re-ranker (the selection device) gives on test
+                        vec = self._rerank(test, c.model_copy(update={"k": k}))
+                        got = lists["plural:persona_calibrated"][k]
+                        replay_doc["per_k"][str(k)]["plural:persona_calibrated"].update(
+                            vectorised_identical_share=_num(np.mean((vec == got).all(axis=1))),
+                            vectorised_identical_sets_share=_num(np.mean(
+                                (np.sort(vec, axis=1) == np.sort(got, axis=1)).all(axis=1))))
+                    if c.beta > 0:
+                        c0 = c.model_copy(update={"beta": 0.0})
+                        no_bonus = {k: self.replay(rec, A.users, c0, k, "plural:persona_calibrated")[0]
+                                    for k in self.ks}
+                    else:
+                        c0, no_bonus = c, lists["plural:persona_calibrated"]
+                replay_doc["users_without_personas"] = int((test.personas.n_personas == 0).sum())
 
         # ---------------------------------------------------------- metrics
         models_doc: dict = {}
@@ -453,6 +624,14 @@ class RecEvaluation:
                 models_doc[name]["ci95"] = ci
                 models_doc[name]["vs_ease"] = vs
 
+        # ---------------------------------------------------------- with and without the bonus
+        exposure_bonus = None
+        if no_bonus is not None:
+            with self._timed("metrics"):
+                exposure_bonus = self._bonus_doc(test, per_user["ease"], no_bonus, text_vectors, models_doc,
+                                                 CalibrationConfig.model_validate(
+                                                     tuning["persona_calibrated"]["chosen"]), c0)
+
         # ---------------------------------------------------------- trade-off points on test
         tradeoff = []
         if cfg.tradeoff_on_test:
@@ -492,14 +671,19 @@ class RecEvaluation:
             "models": models_doc,
             "tradeoff": tradeoff,
             "minority_recall_by_tastes": by_tastes,
+            "replay": replay_doc,
             "timings_s": self.timings,
         }
+        if exposure_bonus is not None:
+            doc["exposure_bonus"] = exposure_bonus
         doc["research_bar"] = research_bar(doc, cfg)
+        self.outputs = RunOutputs(split, list(A.users), test.ease, test.personas, lists, no_bonus)
         return doc
 
 
 def research_bar(doc: dict, cfg: EvalConfig) -> dict:
-    """The issue's checks on the test split, from a result document."""
+    """The issue's checks on the test split, from a result document (on the reported lists: for
+    ``persona_calibrated`` the replay through the product's path; also without its bonus)."""
     m = doc["models"]
     out: dict = {}
 
@@ -513,27 +697,38 @@ def research_bar(doc: dict, cfg: EvalConfig) -> dict:
             "attributed_share": m["plural:relevance"]["attributed_share"],
             "passed": abs(g("plural:relevance", "NDCG@10") - e["NDCG"]) < 1e-12
             and m["plural:relevance"]["attributed_share"] == 1.0}
-    if "plural:persona_calibrated" in m and "ease+steck" in m:
-        p, s = "plural:persona_calibrated", "ease+steck"
+
+    def bar_b(pm: dict, attributed) -> dict:
+        s = "ease+steck"
         checks = {
-            "ndcg_ratio": g(p, "NDCG@10") / e["NDCG"],
-            "c_kl_ratio": g(p, "C_KL@10") / e["C_KL"],
+            "ndcg_ratio": pm["NDCG@10"] / e["NDCG"],
+            "c_kl_ratio": pm["C_KL@10"] / e["C_KL"],
             "steck_ndcg_ratio": g(s, "NDCG@10") / e["NDCG"],
             "steck_c_kl_ratio": g(s, "C_KL@10") / e["C_KL"],
-            "minority_recall_ratio": g(p, "MinorityRecall@10") / e["MinorityRecall"],
+            "minority_recall_ratio": pm["MinorityRecall@10"] / e["MinorityRecall"],
             "steck_minority_recall_ratio": g(s, "MinorityRecall@10") / e["MinorityRecall"],
-            "coverage_ratio": g(p, "Coverage@10") / e["Coverage"],
+            "coverage_ratio": pm["Coverage@10"] / e["Coverage"],
             "steck_coverage_ratio": g(s, "Coverage@10") / e["Coverage"],
-            "coverage_vs_steck": g(p, "Coverage@10") / g(s, "Coverage@10"),
-            "attributed_share": m[p]["attributed_share"],
+            "coverage_vs_steck": pm["Coverage@10"] / g(s, "Coverage@10"),
+            "attributed_share": attributed,
         }
         checks = {k: round(v, 4) for k, v in checks.items()}
         passed = {"ndcg": checks["ndcg_ratio"] >= cfg.accuracy_floor,
-                  "c_kl_not_above_steck": g(p, "C_KL@10") <= g(s, "C_KL@10"),
+                  "c_kl_not_above_steck": pm["C_KL@10"] <= g(s, "C_KL@10"),
                   "minority_recall": checks["minority_recall_ratio"] >= cfg.minority_floor,
                   "coverage": checks["coverage_vs_steck"] >= cfg.coverage_factor,
                   "attributed": checks["attributed_share"] == 1.0}
-        out["b_persona_calibrated_vs_steck"] = {**checks, "checks": passed, "passed": all(passed.values())}
+        return {**checks, "checks": passed, "passed": all(passed.values())}
+
+    if "plural:persona_calibrated" in m and "ease+steck" in m and e["NDCG"] is not None:
+        p = "plural:persona_calibrated"
+        out["b_persona_calibrated_vs_steck"] = {
+            **bar_b(m[p]["metrics"], m[p]["attributed_share"]),
+            "lists": m[p]["params"].get("lists", "vectorised")}
+        nb = doc.get("exposure_bonus", {}).get("without_bonus")
+        if nb:  # the same bar for the same settings without the exposure bonus (beta = 0)
+            out["b_without_exposure_bonus"] = {**bar_b(nb["metrics"], nb["attributed_share"]),
+                                               "beta": 0.0, "lists": "replay"}
     if "plural:persona_fill" in m or "plural:persona_only" in m:
         out["c_persona_only"] = {name: {k: round(g(name, f"{k}@10") / e[k], 4) for k in e}
                                  for name in ("plural:persona_fill", "plural:persona_only") if name in m}

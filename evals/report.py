@@ -54,6 +54,41 @@ def markdown_table(doc: dict, k: int) -> str:
     return "\n".join(lines)
 
 
+def bonus_section(doc: dict) -> list[str]:
+    """``persona_calibrated`` with and without its exposure bonus (both replayed), per K, with
+    ratios to EASE; then how the vectorised re-ranker used for selection compares with the replay."""
+    eb = doc.get("exposure_bonus")
+    if not eb:
+        return []
+    out = ["## Exposure bonus: `persona_calibrated` with and without it (test, replayed)", "",
+           f"With: **{eb['with_bonus_label']}**; without: **{eb['without_bonus_label']}** (beta = 0, the other "
+           "settings unchanged). Both lists come from `PersonaRecommender.recommend` user by user, each replay "
+           "from an empty exposure store. Ratio to EASE in parentheses.", "",
+           "| variant | K | NDCG | C_KL | MinorityRecall | Coverage |", "|---|---|---|---|---|---|"]
+    for k in doc["config"]["ks"]:
+        for key, title in (("with_bonus", f"beta = {eb['beta']:g}"), ("without_bonus", "beta = 0")):
+            d = eb[key]
+            cells = []
+            for m in ("NDCG", "C_KL", "MinorityRecall", "Coverage"):
+                v = d["metrics"].get(f"{m}@{k}")
+                r = (d["vs_ease"].get(f"{m}@{k}") or {}).get("ratio")
+                cells.append(f"{fmt_cell(v)} (x{r:.3f})" if r is not None else fmt_cell(v))
+            out.append(f"| {title} | {k} | " + " | ".join(cells) + " |")
+    gain = ", ".join(f"@{k} x{v:.3f}" for k, v in eb.get("coverage_gain_from_bonus", {}).items() if v)
+    if gain:
+        out += ["", f"Coverage with the bonus over coverage without it: {gain}."]
+    rp = doc.get("replay", {}).get("per_k", {})
+    rows = [(k, v["plural:persona_calibrated"]) for k, v in rp.items() if "plural:persona_calibrated" in v]
+    if rows and all("vectorised_identical_share" in v for _, v in rows):
+        out += ["", "The vectorised re-ranker that selected the settings (exposure after every user, same order) "
+                "against the replay on test: identical lists for "
+                + ", ".join(f"{100 * v['vectorised_identical_share']:.1f}% of users @{k} "
+                            f"({100 * v['vectorised_identical_sets_share']:.1f}% identical sets)" for k, v in rows)
+                + f"; users without personas (popularity fallback in the product): "
+                  f"{doc['replay'].get('users_without_personas', 0)}."]
+    return out + [""]
+
+
 def markdown_report(doc: dict) -> str:
     """The whole run as Markdown: tables per K, chosen settings, the research bar, variants."""
     ds = doc["dataset"]
@@ -64,6 +99,12 @@ def markdown_report(doc: dict) -> str:
            f"{cfg['split']['positive_threshold']}); excluded from ranking: training {cfg['exclude']}. "
            f"Every setting chosen on a validation split carved from train. Run time "
            f"{doc['timings_s']['total']:.1f} s.", ""]
+    replayed = [f"`{n}`" for n, d in doc["models"].items() if d.get("params", {}).get("lists") == "replay"]
+    if replayed:
+        out += [f"Lists of {', '.join(replayed)}: replayed through the product's own path "
+                "(`PersonaRecommender.recommend` for each user in the split's order, each list added to the "
+                "exposure counts before the next user; a fresh, empty exposure store per list length and per "
+                "variant).", ""]
     for k in cfg["ks"]:
         out += [f"## Metrics @{k}", "", markdown_table(doc, k), ""]
     out += ["Bracketed: 95% bootstrap interval of the per-user NDCG difference to EASE (paired).", ""]
@@ -94,12 +135,20 @@ def markdown_report(doc: dict) -> str:
                        f"coverage vs Steck x{b['coverage_vs_steck']}. Checks: "
                        + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in b["checks"].items())
                        + f": **{'passed' if b['passed'] else 'not passed'}**")
+        nb = rb.get("b_without_exposure_bonus")
+        if nb:
+            out.append(f"- (b) without the exposure bonus (beta = 0, other settings the same): NDCG x{nb['ndcg_ratio']}, "
+                       f"C_KL x{nb['c_kl_ratio']}, minority recall x{nb['minority_recall_ratio']}, coverage "
+                       f"x{nb['coverage_ratio']}; coverage vs Steck x{nb['coverage_vs_steck']}. Checks: "
+                       + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in nb["checks"].items())
+                       + f": **{'passed' if nb['passed'] else 'not passed'}**")
         c = rb.get("c_persona_only")
         if c:
             for name, r in c.items():
                 out.append(f"- (c) `{name}` vs EASE: NDCG x{r['NDCG']}, C_KL x{r['C_KL']}, minority recall "
                            f"x{r['MinorityRecall']}, coverage x{r['Coverage']}")
         out.append("")
+    out += bonus_section(doc)
     if doc.get("minority_recall_by_tastes"):
         out += ["## Minority-taste recall@10 by number of personas", ""]
         groups = sorted({g for v in doc["minority_recall_by_tastes"].values() for g in v}, key=int)

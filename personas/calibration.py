@@ -12,7 +12,8 @@ maximises the list objective
 user's candidates, as in Steck's paper). The persona term counts each item for its responsible
 persona and compares the list's persona mix with the persona weights ``w(u)``. The exposure
 term rewards items shown to no one (or few users) so far; exposure is counted as lists are
-produced and updated after every ``exposure_chunk`` users. With ``mu = beta = 0`` this is exactly Steck's
+produced and updated after every ``exposure_chunk`` users (``1``: after every user, as the
+product counts what it shows). With ``mu = beta = 0`` this is exactly Steck's
 re-ranker. ``resort`` re-orders the chosen set by base rank: calibration and coverage depend on
 the set only, accuracy-at-rank improves.
 
@@ -39,6 +40,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 STECK_ALPHA = 0.01
+SEQUENTIAL_BLOCK = 16
+"""Users ranked together, then checked one by one, with ``exposure_chunk = 1``."""
 
 
 class CalibrationConfig(BaseModel):
@@ -73,7 +76,9 @@ class CalibrationConfig(BaseModel):
     chunk: int = Field(2048, gt=0)
     """Users re-ranked together (bounds memory at ``chunk * N * genres`` floats)."""
     exposure_chunk: int = Field(32, gt=0)
-    """With ``beta > 0``: users re-ranked between two exposure updates."""
+    """With ``beta > 0``: users re-ranked between two exposure updates. ``1`` is the product's
+    semantics (every list counted before the next user is ranked), computed exactly but in
+    batches (see ``calibrated_rerank``)."""
 
     def label(self) -> str:
         """A short name for reports, e.g. ``rank lam=0.3 mu=0.1 beta=0.05 resort``."""
@@ -153,9 +158,12 @@ def calibrated_rerank(candidates: np.ndarray, scores: np.ndarray, profiles: np.n
     rel_all = rel_all.astype(np.float32)
     k = min(c.k, n_cand)
     out = np.full((n_users, c.k), -1, np.int64)
-    step_users = min(c.chunk, c.exposure_chunk) if use_exposure else c.chunk
-    for s in range(0, n_users, step_users):
-        sl = slice(s, s + step_users)
+
+    def novelty_of(e: np.ndarray) -> np.ndarray:
+        return (e == 0) if c.novelty == "unseen" else 1.0 / (1.0 + e)
+
+    def block(sl: slice, novelty: np.ndarray | None) -> np.ndarray:
+        """The chosen items of the users ``sl``, ``novelty`` (their candidates') held fixed."""
         cand = candidates[sl]
         b = cand.shape[0]
         rows = np.arange(b)
@@ -163,9 +171,7 @@ def calibrated_rerank(candidates: np.ndarray, scores: np.ndarray, profiles: np.n
         valid = cand >= 0
         cat = C[np.maximum(cand, 0)] * valid[..., None]  # (b, N, G)
         base = (1.0 - c.lam) * rel_all[sl]
-        if use_exposure:
-            e = exposure[np.maximum(cand, 0)]
-            novelty = (e == 0) if c.novelty == "unseen" else 1.0 / (1.0 + e)
+        if novelty is not None:
             base = base + (c.beta * valid * novelty).astype(np.float32)
         # log(q~) is only needed where p > 0 (the KL's other terms are 0); adding 1 where p == 0
         # keeps the log finite there without a mask in the inner loop
@@ -205,9 +211,36 @@ def calibrated_rerank(candidates: np.ndarray, scores: np.ndarray, profiles: np.n
             picks = np.where(picks >= 0, picks, n_cand)
             picks.sort(axis=1)
             picks = np.where(picks < n_cand, picks, -1)
-        chosen = np.where(picks >= 0, np.take_along_axis(cand, np.maximum(picks, 0), axis=1), -1)
+        return np.where(picks >= 0, np.take_along_axis(cand, np.maximum(picks, 0), axis=1), -1)
+
+    if use_exposure and c.exposure_chunk == 1:
+        # Exposure after every user, as the product counts it (each list shown is added before
+        # the next user's ranking). Exact but batched: a block of users is ranked against the
+        # counts at its start; a user whose candidates' novelty changed meanwhile (an earlier
+        # user of the block was shown one of them) is ranked again, alone, on the current
+        # counts. Users are independent given their novelty, so this equals one-at-a-time.
+        # (``inverse`` novelty changes with every showing: there users go one at a time.)
+        valid_all = candidates >= 0
+        step_users = min(c.chunk, SEQUENTIAL_BLOCK) if c.novelty == "unseen" else 1
+        for s in range(0, n_users, step_users):
+            sl = slice(s, s + step_users)
+            nov0 = novelty_of(exposure[np.maximum(candidates[sl], 0)])
+            chosen = block(sl, nov0)
+            for j in range(chosen.shape[0]):
+                r = s + j
+                if j:
+                    v = valid_all[r]
+                    nov = novelty_of(exposure[np.maximum(candidates[r], 0)])
+                    if not np.array_equal(nov[v], nov0[j][v]):
+                        chosen[j] = block(slice(r, r + 1), nov[None, :])[0]
+                out[r, :k] = chosen[j]
+                np.add.at(exposure, chosen[j][chosen[j] >= 0], 1)
+        return out
+    step_users = min(c.chunk, c.exposure_chunk) if use_exposure else c.chunk
+    for s in range(0, n_users, step_users):
+        sl = slice(s, s + step_users)
+        chosen = block(sl, novelty_of(exposure[np.maximum(candidates[sl], 0)]) if use_exposure else None)
         out[sl, :k] = chosen
         if use_exposure:
-            got = chosen[chosen >= 0]
-            np.add.at(exposure, got, 1)
+            np.add.at(exposure, chosen[chosen >= 0], 1)
     return out

@@ -8,6 +8,7 @@ this class directly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from memory.errors import UsageError
 from memory.history import HistoryIndex
 from personas.attention import AttentionConfig, PersonaScores
 from personas.model import PersonaSet
-from personas.ranking import RankingContext, get_mode
+from personas.ranking import RankingContext, RankingMode, get_mode
 from personas.recommendation import (EvidenceItem, PersonaRef, Recommendation, RecommendationList,
                                      template_explanation)
 from personas.exposure import ExposureStore
@@ -37,12 +38,21 @@ class PersonaRecommender:
 
     def __init__(self, catalog: Catalog, scorer: ItemItemScorer, history: HistoryIndex, personas: PersonaStore,
                  attention: AttentionConfig | None = None, popularity: np.ndarray | None = None,
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, exclude: Literal["seen", "positives"] = "seen"):
+        if exclude not in ("seen", "positives"):
+            raise UsageError("exclude", exclude, ["seen", "positives"])
         self.catalog, self.scorer, self.history, self.personas = catalog, scorer, history, personas
+        self.exclude = exclude
+        """Items never recommended to a user: ``seen`` (the live behaviour) is everything in their
+        history, rated high or low; ``positives`` is only what they liked (ratings at or above
+        the history's threshold), so an item rated low may come back. ``positives`` is the
+        offline reference protocol (``plural eval rec --exclude positives``, the default there),
+        through which the evaluation replays its users on this class."""
         self.attention_config = attention or AttentionConfig()
         self.popularity = popularity if popularity is not None else history.item_popularity(len(catalog))
         self.provenance = provenance or {}
         self._user_categories_cache: dict[str, np.ndarray] = {}
+        self._item_ids = catalog.item_ids  # a catalog never changes; the tuple is rebuilt per access
         self.exposure: ExposureStore | None = None
         """How often each item was shown to anyone (the exposure bonus of the modes that use it;
         set by the engine; None: nothing counted, every item is new)."""
@@ -96,7 +106,7 @@ class PersonaRecommender:
         """
         ps, pset = self.persona_scores(user_id)
         allowed = np.ones(len(self.catalog), dtype=bool)
-        allowed[self.history.seen(user_id)] = False
+        allowed[self.history.seen(user_id) if self.exclude == "seen" else self.history.positives(user_id)] = False
         for g in ps.groups:  # items liked since the data was loaded live in persona evidence
             allowed[g] = False
         if exclude_items:
@@ -168,7 +178,7 @@ class PersonaRecommender:
         return ctx, ps, pset
 
     # ---- the entry point ---------------------------------------------------------------
-    def recommend(self, user_id: str, k: int = 10, mode: str = "relevance", *,
+    def recommend(self, user_id: str, k: int = 10, mode: str | RankingMode = "relevance", *,
                   categories: Sequence[str] | None = None, candidate_items: Sequence[str] | None = None,
                   persona_focus: dict[str, float] | None = None, exclude_items: Sequence[str] | None = None,
                   request: Request | None = None, disliked_items: Sequence[str] | None = None,
@@ -180,14 +190,18 @@ class PersonaRecommender:
         contribution (request routing); ``exclude_items`` removes ids (e.g. rejected ones);
         ``request`` filters and re-scores (:mod:`personas.request`), with ``disliked_items``
         (conversational dislikes) adding to the rated-low titles whose neighbours drop.
+        ``mode`` is a registered mode's name or a :class:`~personas.ranking.RankingMode` (e.g. a
+        :class:`~personas.ranking.CalibratedMode` with settings of its own, as the evaluation
+        passes the ones it chose).
         """
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
             raise UsageError("k", k, "a positive integer")
-        ranking = get_mode(mode)
+        ranking = mode if isinstance(mode, RankingMode) else get_mode(mode)
+        mode = ranking.name
         user_id = str(user_id)
         extra = {}
         if ranking.uses_exposure and self.exposure is not None:
-            extra["exposure"] = self.exposure.counts(self.catalog.item_ids).astype(np.float64)
+            extra["exposure"] = self.exposure.counts(self._item_ids).astype(np.float64)
         ctx, ps, pset = self.context(user_id, categories=categories, candidate_items=candidate_items,
                                      persona_focus=persona_focus, exclude_items=exclude_items, request=request,
                                      disliked_items=disliked_items, min_candidates=k, extra=extra)

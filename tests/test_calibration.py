@@ -118,6 +118,28 @@ def test_chunking_does_not_change_the_result():
     assert (a == b).all()
 
 
+@pytest.mark.parametrize("novelty", ["unseen", "inverse"])
+@pytest.mark.parametrize("mu", [0.0, 0.3])
+def test_exposure_after_every_user_equals_one_user_at_a_time(novelty, mu):
+    """``exposure_chunk = 1`` (batched, checked user by user) is the product's path: each user
+    re-ranked alone on the counts left by everyone before them."""
+    cand, scores, P, C = _random_case(4, n_users=70, n_cand=12, n_items=30)
+    rng = np.random.default_rng(1)
+    kw = {"cand_persona": rng.integers(0, 3, cand.shape), "persona_weights": np.tile([0.6, 0.3, 0.1], (70, 1)),
+          "cand_persona_rank": rng.integers(0, 20, cand.shape)}
+    cfg = CalibrationConfig(k=4, lam=0.3, mu=mu, gamma=0.2, beta=0.3, novelty=novelty, resort=True, exposure_chunk=1)
+    e_ref = np.zeros(len(C))
+    ref = np.vstack([calibrated_rerank(cand[u:u + 1], scores[u:u + 1], P[u:u + 1], C, cfg, exposure=e_ref,
+                                       **{k: v[u:u + 1] for k, v in kw.items()}) for u in range(len(cand))])
+    e = np.zeros(len(C))
+    assert (calibrated_rerank(cand, scores, P, C, cfg, exposure=e, **kw) == ref).all()
+    assert (e == e_ref).all() and e.sum() == ref.size
+    # counted per block of users instead, later users of a block miss what earlier ones were shown
+    blocky = calibrated_rerank(cand, scores, P, C, cfg.model_copy(update={"exposure_chunk": 35}),
+                               exposure=np.zeros(len(C)), **kw)
+    assert not (blocky == ref).all()
+
+
 def test_config_validation():
     with pytest.raises(ValidationError):
         CalibrationConfig(lam=1.5)

@@ -55,6 +55,11 @@ def test_choices_come_from_validation_and_are_recorded(doc):
                                                     for v in t["steck"]["variants"])
     assert len(t["persona_calibrated"]["variants"]) == 4
     assert doc["dataset"]["validation_users"] > 0
+    # the lists that read exposure come from the product's path; the others stay vectorised
+    assert doc["models"]["plural:persona_calibrated"]["params"]["lists"] == "replay"
+    assert doc["models"]["plural:persona_only"]["params"]["lists"] == "vectorised"  # beta = 0: no exposure
+    assert set(doc["replay"]["per_k"]) == {"10", "20"} and doc["replay"]["exclude"] == "positives"
+    assert all(v["config"]["exposure_chunk"] == 1 for v in t["persona_calibrated"]["variants"])
 
 
 def test_calibration_lowers_miscalibration(doc):
@@ -68,6 +73,7 @@ def test_reports_are_written(doc, tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["schema_version"] == 1
     md = (tmp_path / "results.md").read_text()
     assert "| `ease` |" in md and "Every variant tried" in md
+    assert "Exposure bonus" in md and "| beta = 0 | 10 |" in md and "(b) without the exposure bonus" in md
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000 and "minority_png" in paths
 
 
