@@ -173,20 +173,20 @@ class PluralAgent:
         engine = Engine.open_data_dir(path)
         return cls(AgentRuntime(engine, _backend(llm), config), postgres_url=postgres_url)
 
-    @staticmethod
-    def _make_checkpointer(ddir: Path, postgres_url: str | None):
+    def _make_checkpointer(self, ddir: Path, postgres_url: str | None):
+        """The thread-state saver: ``<data dir>/checkpoints.sqlite``, or with ``postgres_url`` a
+        ``PostgresSaver`` on a pool of its own (1 to 8 connections, :mod:`agent.checkpoints`) whose
+        tables live in the data directory's schema (the engine's, when its state is in Postgres).
+        An engine whose state is in Postgres keeps its checkpoints there too, URL or not."""
+        pg = getattr(self.engine, "postgres", None)
+        postgres_url = postgres_url or (pg.url if pg is not None else None)
         if postgres_url:
-            try:
-                from langgraph.checkpoint.postgres import PostgresSaver
-            except ImportError as e:
-                raise UsageError("postgres checkpointer", postgres_url,
-                                 "install the extra: pip install 'plural[postgres]'") from e
-            import psycopg
+            from agent.checkpoints import postgres_checkpointer
+            from agent.postgres import data_dir_schema
 
-            conn = psycopg.connect(postgres_url, autocommit=True, prepare_threshold=0)
-            saver = PostgresSaver(conn, serde=state_serde())
-            saver.setup()
-            return saver
+            schema = pg.schema if pg is not None else (os.environ.get("PLURAL_POSTGRES_SCHEMA")
+                                                       or data_dir_schema(ddir, getattr(self.engine, "manifest", None)))
+            return postgres_checkpointer(postgres_url, schema, serde=state_serde())
         import sqlite3
 
         from langgraph.checkpoint.sqlite import SqliteSaver
@@ -236,7 +236,9 @@ class PluralAgent:
             return ChatReply(user_id=user, thread_id=thread_id, response=str(e), error=str(e))
         config: dict = {"configurable": {"thread_id": thread_id}}
         try:
-            out = self.graph.invoke({"user_id": user, "thread_id": thread_id, "message": message or ""}, config)
+            # one checkpoint per turn, written when it ends: only the last node writes the thread state
+            out = self.graph.invoke({"user_id": user, "thread_id": thread_id, "message": message or ""}, config,
+                                    durability="exit")
         except PluralError as e:
             msg = f"Sorry, I could not do that: {e}. Nothing was changed; the conversation continues."
             log.warning("chat turn failed for user %s thread %s: %s", user, thread_id, e)
@@ -345,10 +347,14 @@ class PluralAgent:
         return [{"text": f.text, "sources": list(f.source_ids)} for f in self.runtime.memory.semantic.facts(str(user))]
 
     def close(self) -> None:
+        """Release the checkpointer's connection or pool and the engine's stores (idempotent)."""
         self.threads.close()
-        close = getattr(self._checkpointer, "conn", None)
-        if close is not None:  # the saver does not close the connection it was given
-            close.close()
+        conn = getattr(self._checkpointer, "conn", None)
+        if conn is not None and not getattr(self, "_closed", False):
+            # the saver does not close what it was given: the SQLite connection, or the pool
+            # (ConnectionPool.close waits for the connections in use and closes them all)
+            conn.close()
+        self._closed = True
         self.engine.close()
 
 

@@ -24,6 +24,10 @@ app = typer.Typer(name="plural", add_completion=False, no_args_is_help=True, pre
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
 
+from agent.db_cli import db_app  # noqa: E402  (typer only; the command imports its backend)
+
+app.add_typer(db_app, name="db")
+
 # ---- commands ---------------------------------------------------------------------------------
 @app.command()
 def recommend(

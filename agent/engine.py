@@ -122,47 +122,72 @@ class Engine:
     """An opened data directory: catalog, histories, scorer, personas; recommends in milliseconds."""
 
     def __init__(self, data_dir: Path, config: EngineConfig, manifest: dict, catalog: Catalog,
-                 history: HistoryIndex):
-        from personas.store import SqlitePersonaStore
+                 history: HistoryIndex, *, storage=None):
+        from agent.postgres import resolve_storage
 
         self.data_dir, self.config, self.manifest = data_dir, config, manifest
         self.catalog, self.history = catalog, history
         self.scorer = load_scorer(data_dir / "scorer", mmap=False)  # ~11 MB for ML-100K: RAM beats page faults
-        self.persona_store = SqlitePersonaStore(data_dir / "personas.sqlite")
+        # where the mutable state lives (``storage``: see agent.postgres): SQLite + FAISS files in
+        # the data directory by default, or one Postgres schema per data directory
+        settings = resolve_storage(storage)
+        self.postgres = None
+        """The :class:`agent.postgres.PostgresStorage` of this engine, or None (SQLite + FAISS)."""
+        if settings is None:
+            from personas.store import SqlitePersonaStore
+
+            self.persona_store = SqlitePersonaStore(data_dir / "personas.sqlite")
+        else:
+            from agent.postgres import PostgresStorage
+
+            self.postgres = PostgresStorage(settings, data_dir, manifest)
+            self.persona_store = self.postgres.persona_store
         provenance = {"dataset": manifest["dataset"]["name"], "dataset_key": manifest["source_key"],
                       "scorer": {"kind": config.scorer, **self.scorer.config_dict()},
                       "induction_space": config.induction.space, "config_key": config.cache_key()}
         self.recommender = PersonaRecommender(catalog, self.scorer, history, self.persona_store,
                                               attention=config.attention, provenance=provenance)
-        from agent.threads import SqliteThreadRegistry
-        from personas.exposure import SqliteExposureStore
+        if self.postgres is None:
+            from agent.threads import SqliteThreadRegistry
+            from personas.exposure import SqliteExposureStore
 
-        self._exposure = SqliteExposureStore(self.persona_store)
-        self._threads = SqliteThreadRegistry(self.persona_store)
+            self._exposure = SqliteExposureStore(self.persona_store)
+            self._threads = SqliteThreadRegistry(self.persona_store)
+        else:
+            self._exposure, self._threads = self.postgres.exposure, self.postgres.threads
         self.recommender.exposure = self._exposure
         self._embedder = None
         self._years: tuple[int | None, int | None] | None = None
         self._catalog_index = None
         self._memory_store = None
+        self._file_memory = None
 
     # ---- opening and building --------------------------------------------------------
     @classmethod
-    def open_data_dir(cls, path: str | Path) -> "Engine":
-        """Reopen a data directory as built, from the source and settings in its manifest."""
+    def open_data_dir(cls, path: str | Path, *, storage=None) -> "Engine":
+        """Reopen a data directory as built, from the source and settings in its manifest
+        (``storage``: as in :meth:`open`)."""
         p = Path(path)
         if not (p / "manifest.json").exists():
             raise UsageError("data dir", str(p), "a folder built by Plural (it has a manifest.json)")
         manifest = json.loads((p / "manifest.json").read_text())
-        return cls.open(DataSource.model_validate(manifest["source"]), EngineConfig.model_validate(manifest["config"]), p)
+        return cls.open(DataSource.model_validate(manifest["source"]), EngineConfig.model_validate(manifest["config"]), p,
+                        storage=storage)
 
     @classmethod
     def open(cls, source: DataSource | None = None, config: EngineConfig | None = None,
              data_dir: str | Path | None = None, *, progress: bool = False, rebuild: bool = False,
-             validate: Callable[[HistoryIndex], None] | None = None) -> "Engine":
+             validate: Callable[[HistoryIndex], None] | None = None, storage=None) -> "Engine":
         """Open (building first when needed) the data directory for ``source`` and ``config``.
 
         ``validate`` runs on the histories before anything is written (the CLI checks the user
         id there), so a run that fails validation writes nothing.
+
+        ``storage``: where the mutable state (personas, memory, exposure counts, thread owners)
+        lives. None (default): ``$PLURAL_POSTGRES_URL`` when set, else SQLite + FAISS files in the
+        data directory; ``"sqlite"``: the files; a ``postgresql://`` URL or an
+        :class:`agent.postgres.PostgresSettings`: that database, in a schema of this data
+        directory (created, and seeded with the induced personas, on first open).
         """
         source = source or DataSource()
         config = config or EngineConfig()
@@ -182,12 +207,12 @@ class Engine:
                 history = HistoryIndex.load(ddir / "history.npz")
                 if validate:
                     validate(history)
-                return cls(ddir, config, manifest, catalog, history)
+                return cls(ddir, config, manifest, catalog, history, storage=storage)
             if data_dir and manifest:  # an explicit folder built for other data or settings: never overwrite silently
                 raise UsageError("data dir", str(ddir), "a folder built for the same data and settings, "
                                                         "an empty folder, or --rebuild to replace it")
         build_into(ddir, source, config, progress=progress, validate=validate)
-        return cls.open(source, config, ddir, validate=None)
+        return cls.open(source, config, ddir, validate=None, storage=storage)
 
     # ---- queries -----------------------------------------------------------------------
     def embedder(self):
@@ -260,19 +285,29 @@ class Engine:
         return self.catalog.all_titles()
 
     def memory_store(self):
-        """The FAISS + SQLite memory of this data directory (catalog, episodic, semantic)."""
+        """The memory of users (episodic, semantic): the FAISS + SQLite store of this data
+        directory (which holds the catalog's index too), or its Postgres schema."""
         if self._memory_store is None:
-            from memory.store import FaissMemoryStore
-
-            self._memory_store = FaissMemoryStore(self.data_dir / "memory", dim=int(self.manifest["text_dim"]))
+            if self.postgres is None:
+                self._memory_store = self._file_memory_store()
+            else:
+                self._memory_store = self.postgres.memory_store(int(self.manifest["text_dim"]))
         return self._memory_store
 
+    def _file_memory_store(self):
+        """The data directory's FAISS + SQLite store (the catalog's index, built with the folder)."""
+        if self._file_memory is None:
+            from memory.store import FaissMemoryStore
+
+            self._file_memory = FaissMemoryStore(self.data_dir / "memory", dim=int(self.manifest["text_dim"]))
+        return self._file_memory
+
     def catalog_index(self):
-        """Semantic index of the catalog (FAISS)."""
+        """Semantic index of the catalog (FAISS, in the data directory whatever the storage)."""
         if self._catalog_index is None:
             from memory.memories import CatalogIndex
 
-            self._catalog_index = CatalogIndex(self.memory_store(), self.embedder())
+            self._catalog_index = CatalogIndex(self._file_memory_store(), self.embedder())
         return self._catalog_index
 
     def search_catalog(self, query: str, k: int = 100, relative_floor: float = 0.5) -> list[tuple[str, float]]:
@@ -312,6 +347,10 @@ class Engine:
         self.persona_store.close()
         if self._memory_store is not None:
             self._memory_store.close()
+        if self._file_memory is not None and self._file_memory is not self._memory_store:
+            self._file_memory.close()
+        if self.postgres is not None:
+            self.postgres.close()
 
 
 def build_into(ddir: Path, source: DataSource, config: EngineConfig, *, progress: bool = False,

@@ -63,3 +63,76 @@ def adjusted_rand_index(a, b) -> float:
     from evals.persona_quality import adjusted_rand_index as ari
 
     return ari(a, b)
+
+
+# ---- PostgreSQL (pgserver) ---------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A real PostgreSQL 16 with pgvector for the ``postgres`` tests: ``$PLURAL_TEST_POSTGRES_URL``
+    when set, else a server started here from the ``pgserver`` package (once per session, about a
+    second; stopped and deleted at the end). The tests must run in CI, so a missing package fails
+    instead of skipping: install the project's ``test`` and ``postgres`` extras (``make setup``)."""
+    url = os.environ.get("PLURAL_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import pgserver
+    except ImportError as e:  # pragma: no cover
+        pytest.fail(f"the postgres tests need pgserver (pip install -e '.[test,postgres]'): {e}")
+    import shutil
+    import tempfile
+
+    # outside pytest's temp tree: as root, pgserver runs the server as a user of its own, which
+    # must keep access to every folder above the data
+    root = tempfile.mkdtemp(prefix="plural-pg-")
+    server = pgserver.get_server(os.path.join(root, "pgdata"), cleanup_mode="delete")
+    try:
+        # a throwaway server: durability buys nothing here, and every commit would wait for a disk flush
+        server.psql("ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off; "
+                    "ALTER SYSTEM SET full_page_writes = off; SELECT pg_reload_conf();")
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_db(postgres_url):
+    """Factory of :class:`memory.postgres.PostgresDatabase` objects, each on a fresh schema of the
+    session's server; closed and dropped after the test."""
+    import uuid
+
+    from memory.postgres import PostgresDatabase
+
+    made = []
+
+    def make(schema: str | None = None, **kw):
+        db = PostgresDatabase(postgres_url, schema=schema or f"t_{uuid.uuid4().hex[:12]}", **kw)
+        made.append(db)
+        return db
+
+    yield make
+    for db in made:
+        try:
+            if db.closed:
+                db = PostgresDatabase(postgres_url, schema=db.schema, max_size=1)
+            db.drop_schema()
+        finally:
+            db.close()
+
+
+@pytest.fixture(scope="session")
+def pg_data_dir(tmp_path_factory, hash_config):
+    """A synthetic data directory built once for the postgres tests (never written to by them:
+    each test opens it on a schema of its own)."""
+    from agent.engine import Engine
+    from memory.loaders import DataSource
+
+    ddir = tmp_path_factory.mktemp("pg-engine") / "data"
+    Engine.open(DataSource(dataset="synthetic"), hash_config, ddir, storage="sqlite").close()
+    return ddir

@@ -470,3 +470,54 @@ class TestFaissMemoryStoreIVF(TestFaissMemoryStore):
     (nprobe == nlist keeps its answers exact, so the contract's exact checks still apply)."""
 
     config = VectorIndexConfig(kind="ivf", ivf_nlist=2, ivf_min_train=4, nprobe=2, use_gpu=False)
+
+
+@pytest.mark.postgres
+class TestPostgresMemoryStore(MemoryStoreContract):
+    """The same contract over PostgreSQL + pgvector (exact search per namespace), each test on a
+    schema of its own of the session's server."""
+
+    @pytest.fixture
+    def store(self, postgres_db):
+        from memory.postgres_store import PostgresMemoryStore
+
+        s = PostgresMemoryStore(postgres_db(), DIM)
+        yield s
+        s.close()
+
+    def test_search_is_exact_and_never_short_in_a_big_store(self, store):
+        # many records elsewhere whose vectors match the query better: the namespace still
+        # yields its k best, in inner-product order
+        rng = np.random.default_rng(0)
+        other = rng.normal(size=(400, DIM)).astype(np.float32)
+        store.put(OTHER, [rec(f"o{j}", float(j)) for j in range(400)], other)
+        mine = rng.normal(size=(30, DIM)).astype(np.float32)
+        store.put(NS, [rec(f"m{j}", float(j), kind="chat_turn" if j % 3 else "feedback") for j in range(30)], mine)
+        q = rng.normal(size=DIM).astype(np.float32)
+        hits = store.search(NS, q, k=10)
+        assert [r.record_id for r, _ in hits] == list(np.argsort(-(mine @ q), kind="stable")[:10])
+        assert [s for _, s in hits] == pytest.approx(sorted((mine @ q).tolist(), reverse=True)[:10], abs=1e-4)
+        fb = [j for j in range(30) if j % 3 == 0]
+        assert len(store.search(NS, q, k=10, kind="feedback")) == 10 == len(fb)
+        assert len(store.search(NS, q, k=30)) == 30
+
+    def test_a_second_store_on_the_schema_sees_everything(self, store):
+        from memory.postgres_store import PostgresMemoryStore
+
+        fill(store, NS, 3)
+        store.delete(NS, [1])
+        again = PostgresMemoryStore(store.db, DIM)
+        assert comparable(again.list(NS)) == comparable(store.list(NS))
+        assert fill(again, NS, 1) == [3]
+        with pytest.raises(UsageError, match="dim"):
+            PostgresMemoryStore(store.db, DIM + 1)
+
+    def test_text_with_nul_round_trips(self, store):
+        r = store.put_one(NS, rec("a\x00b", 1.0), vec(0))
+        assert store.get_one(NS, r.record_id).text == "a\x00b"
+
+    def test_closed_store_says_so(self, store):
+        store.close()
+        store.close()  # idempotent
+        with pytest.raises(UsageError, match="closed"):
+            store.count(NS)

@@ -122,3 +122,51 @@ def test_transaction_keeps_all_or_nothing(tmp_path, make):
     with store.transaction():
         store.put(_set("b"))
     assert store.get("b") is not None
+
+
+@pytest.mark.postgres
+class TestPostgresPersonaStore(PersonaStoreContract):
+    @pytest.fixture
+    def store(self, postgres_db):
+        from personas.postgres_store import PostgresPersonaStore
+
+        return PostgresPersonaStore(postgres_db())
+
+    def test_a_second_store_on_the_schema_sees_everything(self, store):
+        from personas.postgres_store import PostgresPersonaStore
+
+        store.put(_set())
+        store.put(_set(desc="v2 text"))
+        again = PostgresPersonaStore(store.db)
+        assert again.get("u1").get("p1").description == "v2 text"
+        assert [v.persona.description for v in again.versions("u1", "p1")] == ["likes space operas", "v2 text"]
+        assert again.get("u1").get("p1").embedding == pytest.approx([0.6, 0.8])
+
+    def test_failed_write_leaves_nothing(self, store, monkeypatch):
+        import personas.store as mod
+
+        store.put(_set("a"))
+        real = mod._dump_set
+
+        def failing(pset):
+            if pset.user_id == "b":
+                raise RuntimeError("disk full")
+            return real(pset)
+
+        monkeypatch.setattr(mod, "_dump_set", failing)
+        with pytest.raises(RuntimeError, match="disk full"):
+            store.put_many([_set("a2"), _set("b")])
+        assert store.get("a2") is None and store.users() == ["a"]
+
+    def test_transaction_keeps_all_or_nothing(self, store):
+        test_transaction_keeps_all_or_nothing(None, lambda _: store)
+
+    def test_compare_and_set_refuses_a_stale_write(self, store):
+        from personas.store import PersonaConflictError
+
+        store.put(_set())
+        read = store.get("u1")
+        store.put(_set(desc="someone else's change"))
+        with pytest.raises(PersonaConflictError, match="changed meanwhile"):
+            store.put(_set(desc="mine"), expected_versions=store.versions_of(read))
+        assert store.get("u1").get("p1").description == "someone else's change"
