@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[llm,serving,agent,eval,test]"
+	$(PIP) install -q -e ".[llm,serving,agent,eval,test,postgres,web,scale]"
 	$(PIP) install -q --no-deps $(NODEPS)
+	@bash .ci/install-chromium.sh
 	@touch $(STAMP)
 
 demo: setup
