@@ -166,11 +166,13 @@ class PluralAgent:
 
     @classmethod
     def from_data_dir(cls, path: str | Path, *, llm: Any = "none", config: AgentConfig | None = None,
-                      postgres_url: str | None = None) -> "PluralAgent":
-        """Open an existing data directory (built by ``plural recommend`` or :meth:`from_dataset`)."""
+                      postgres_url: str | None = None, storage: Any = None) -> "PluralAgent":
+        """Open an existing data directory (built by ``plural recommend`` or :meth:`from_dataset`);
+        ``storage`` as in :meth:`agent.engine.Engine.open` (None: ``$PLURAL_POSTGRES_URL`` or the
+        data directory's files; a ``postgresql://`` URL: that database)."""
         from agent.engine import Engine
 
-        engine = Engine.open_data_dir(path)
+        engine = Engine.open_data_dir(path, storage=storage)
         return cls(AgentRuntime(engine, _backend(llm), config), postgres_url=postgres_url)
 
     def _make_checkpointer(self, ddir: Path, postgres_url: str | None):

@@ -107,7 +107,7 @@ def run(users: int, turns: int, storage: str, out_path: Path) -> dict:
                 raise RuntimeError(f"plural serve did not start: {server.stdout.read() if server.stdout else ''}")
             time.sleep(0.5)
         startup = time.time() - t0
-        engine = Engine.open_data_dir(folder)
+        engine = Engine.open_data_dir(folder, storage=env.get("PLURAL_POSTGRES_URL") or "sqlite")
         all_users = engine.history.user_ids
         test_users = all_users[:users]
         bystanders = all_users[users:users + 50]
@@ -157,7 +157,9 @@ def run(users: int, turns: int, storage: str, out_path: Path) -> dict:
     # ---- verification, on the stored data ----
     from agent.api import PluralAgent
 
-    agent = PluralAgent.from_data_dir(folder, llm="none", postgres_url=env.get("PLURAL_POSTGRES_URL"))
+    # the state the server wrote: its Postgres schema (personas, memory, threads, checkpoints), or the files
+    agent = PluralAgent.from_data_dir(folder, llm="none", postgres_url=env.get("PLURAL_POSTGRES_URL"),
+                                      storage=env.get("PLURAL_POSTGRES_URL") or "sqlite")
     missing, gaps, foreign = [], [], []
     for u in test_users:
         events = [e for e in agent.history(u, 100_000) if e.timestamp >= started]  # this run's events
