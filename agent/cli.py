@@ -27,6 +27,8 @@ app.add_typer(data_app, name="data")
 from agent.db_cli import db_app  # noqa: E402  (typer only; the command imports its backend)
 
 app.add_typer(db_app, name="db")
+from agent.batch_cli import batch_app  # noqa: E402  (typer only; the command imports ray and pyarrow)
+app.add_typer(batch_app, name="batch")
 
 # ---- commands ---------------------------------------------------------------------------------
 @app.command()
