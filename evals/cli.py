@@ -31,10 +31,16 @@ def eval_rec(
     embedder: Annotated[str, typer.Option("--embedder", help="Text embedder (all-MiniLM-L6-v2, or hash for a quick run).")] = "all-MiniLM-L6-v2",
     multvae_epochs: Annotated[Optional[int], typer.Option("--multvae-epochs", help="Mult-VAE epochs.")] = None,
     no_tradeoff: Annotated[bool, typer.Option("--no-tradeoff", help="Skip scoring every variant on test for the plot.")] = False,
+    use_ray: Annotated[bool, typer.Option("--ray", help="Run the per-user persona induction of both splits on Ray, in user shards (same results; docs/ray.md): a local Ray unless --ray-address or $RAY_ADDRESS names a cluster.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to run on (implies --ray): ray://head:10001, or auto on a node of the cluster.")] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="With --ray: users per Ray task.")] = 100,
     dataset: DatasetOpt = "ml-100k", data: DataOpt = None, train: TrainOpt = None, test: TestOpt = None,
     items: ItemsOpt = None, columns: ColumnsOpt = None,
 ) -> None:
-    """Accuracy and crowding out: Plural's ranking modes beside the strongest baselines."""
+    """Accuracy and crowding out: Plural's ranking modes beside the strongest baselines.
+
+    With --ray the per-user persona induction runs on Ray; the replay (sequential: each list
+    reads the exposure every earlier one added), the model fits and the metrics stay here."""
     from evals.harness import EvalConfig, RecEvaluation
     from evals.report import write_reports
     from evals.splits import SplitConfig
@@ -49,11 +55,14 @@ def eval_rec(
         from evals.baselines import MultVAEConfig
 
         overrides["multvae"] = MultVAEConfig(epochs=multvae_epochs)
+    if shard_size <= 0:
+        raise UsageError("--shard-size", shard_size, "a positive integer")
     cfg = EvalConfig(**overrides)
     cfg.selected_models()  # unknown names fail before any work
+    ray: bool | str = (ray_address or True) if (use_ray or ray_address is not None) else False
     ds = _source(dataset, data, train, test, items, columns).load()
     with _RichProgress(sys.stderr.isatty()) as bar:
-        doc = RecEvaluation(ds, cfg, progress=bar.task).run()
+        doc = RecEvaluation(ds, cfg, progress=bar.task, ray=ray, shard_size=shard_size).run()
     paths = write_reports(doc, out or Path("runs") / f"rec-{ds.name}")
     from evals.report import markdown_table
 

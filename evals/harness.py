@@ -213,8 +213,18 @@ class RecEvaluation:
     """
 
     def __init__(self, dataset: Dataset, config: EvalConfig | None = None,
-                 progress: Callable[[str, int], Callable[..., None]] | None = None):
+                 progress: Callable[[str, int], Callable[..., None]] | None = None, *,
+                 ray: bool | str = False, shard_size: int = 100):
+        """``ray``: False runs everything here; True or an address runs the per-user persona
+        induction of both splits on Ray in shards of ``shard_size`` users
+        (:mod:`evals.ray_shards`: what runs where); the document is the same either way."""
         self.dataset = dataset
+        self.ray = ray
+        self._map_shards = None
+        if ray is not False and ray is not None:
+            from evals.ray_shards import ray_map_shards
+
+            self._map_shards = ray_map_shards(ray, shard_size)
         self.config = config or EvalConfig()
         self.models = self.config.selected_models()
         if not self.config.ks or min(self.config.ks) <= 0:
@@ -406,7 +416,7 @@ class RecEvaluation:
                 tick = self._progress("Personas (validation)", len(val.arrays.users))
                 val.personas = induce_for_split(self.catalog, val.ease, val.arrays.train_matrix, val.arrays.users,
                                                 val.arrays.history, val.exclude, text_vectors, cfg.induction,
-                                                tick=tick)
+                                                tick=tick, map_shards=self._map_shards)
             with self._timed("tune_joint"):
                 joint = []
                 for lam, mu, beta, gamma in itertools.product(cfg.joint_lambdas, cfg.joint_mus, cfg.joint_betas,
@@ -460,6 +470,15 @@ class RecEvaluation:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:
+        """The evaluation; with ``ray`` one Ray session (connected or started) spans the run."""
+        if self._map_shards is None:
+            return self._run()
+        from agent.batch import ray_session
+
+        with ray_session(self.ray):
+            return self._run()
+
+    def _run(self) -> dict:
         cfg = self.config
         t_all = time.perf_counter()
         with self._timed("split"):
@@ -535,7 +554,8 @@ class RecEvaluation:
             with self._timed("test_personas_induction"):
                 tick = self._progress("Personas (train)", len(A.users))
                 test.personas = induce_for_split(self.catalog, test.ease, A.train_matrix, A.users, A.history,
-                                                 test.exclude, text_vectors, cfg.induction, tick=tick)
+                                                 test.exclude, text_vectors, cfg.induction, tick=tick,
+                                                 map_shards=self._map_shards)
             if "plural:relevance" in self.models:
                 add("plural:relevance", {k: v.copy() for k, v in lists["ease"].items()}, 0.0,
                     {"mode": "relevance"})

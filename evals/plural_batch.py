@@ -6,6 +6,7 @@ training matrix), so nothing of the test set leaks into the personas.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,11 +47,33 @@ class SplitPersonas:
 
 def induce_for_split(catalog: Catalog, scorer: ItemItemScorer, train_matrix: sp.csr_matrix, users: list[str],
                      history: sp.csr_matrix, exclude: sp.csr_matrix, text_vectors: np.ndarray,
-                     config: InductionConfig, collaborative_dim: int = 64, tick=None) -> SplitPersonas:
-    """Induce personas from each user's training positives and attribute every item."""
+                     config: InductionConfig, collaborative_dim: int = 64, tick=None,
+                     map_shards: Callable[..., list[SplitPersonas]] | None = None) -> SplitPersonas:
+    """Induce personas from each user's training positives and attribute every item.
+
+    ``map_shards``, when given, runs the per-user work elsewhere: it is called as
+    ``map_shards(inducer, scorer, users, history, exclude)`` and returns :func:`induce_rows`'s
+    results for consecutive ranges of rows, in order (``evals.ray_shards`` runs them on Ray).
+    The item space is built here, once, either way; each user's personas depend only on that
+    user's rows, so the result is the same however the rows are cut.
+    """
     space = build_item_space(config.space, X=train_matrix, text_vectors=text_vectors,
                              category_dist=catalog.category_distribution(), dim=collaborative_dim, seed=config.seed)
     inducer = PersonaInducer(catalog, space, text_vectors, config)
+    if map_shards is None:
+        return induce_rows(inducer, scorer, users, history, exclude, tick=tick)
+    out = concat_split_personas(map_shards(inducer, scorer, users, history, exclude))
+    if tick:
+        tick(len(users))
+    return out
+
+
+def induce_rows(inducer: PersonaInducer, scorer: ItemItemScorer, users: list[str], history: sp.csr_matrix,
+                exclude: sp.csr_matrix, tick=None) -> SplitPersonas:
+    """The per-user part of :func:`induce_for_split`: ``users[r]``'s personas from row ``r`` of
+    ``history`` (training positives), their contributions, and the attribution of every item
+    outside row ``r`` of ``exclude``."""
+    catalog, config = inducer.catalog, inducer.config
     n_items = len(catalog)
     U = len(users)
     responsible = np.full((U, n_items), -1, np.int16)
@@ -74,6 +97,13 @@ def induce_for_split(catalog: Catalog, scorer: ItemItemScorer, train_matrix: sp.
         if tick:
             tick()
     return SplitPersonas(sets, responsible, ranks, weights, contribs)
+
+
+def concat_split_personas(parts: list[SplitPersonas]) -> SplitPersonas:
+    """Rows of several :class:`SplitPersonas` (consecutive user ranges), in order, as one."""
+    return SplitPersonas([s for p in parts for s in p.sets], np.concatenate([p.responsible for p in parts]),
+                         np.concatenate([p.persona_rank for p in parts]), np.concatenate([p.weights for p in parts]),
+                         [c for p in parts for c in p.contributions])
 
 
 def persona_fill_lists(scores: np.ndarray, exclude: sp.csr_matrix, sp_: SplitPersonas, k: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections import OrderedDict
 import json
 import math
 import sqlite3
@@ -496,6 +497,14 @@ class FaissMemoryStore(MemoryStore):
     ``save_on_commit=False`` defers index files to :meth:`flush` / :meth:`close` (faster bulk
     writes; a crash then costs only a rebuild on the next open).
 
+    At scale (millions of events over many users): at most ``max_cached_indexes`` namespace
+    indexes stay in memory, least recently used out first (written to their files first when
+    they have unsaved changes), so memory follows the users being served, not every user ever
+    seen; ``index_config=VectorIndexConfig(kind="auto")`` keeps small namespaces exact and turns a
+    namespace approximate (IVF) past ``approximate_above`` vectors. Filtered searches (``kind``,
+    ``ids``) never come back short: an approximate pass that misses is redone exactly over the
+    allowed records. Figures: ``benchmarks/scale_memory.py``.
+
     Example:
         >>> import numpy as np, tempfile
         >>> with tempfile.TemporaryDirectory() as folder, FaissMemoryStore(folder, dim=2) as store:
@@ -505,15 +514,20 @@ class FaissMemoryStore(MemoryStore):
     """
 
     def __init__(self, path: str | Path, dim: int, index_config: VectorIndexConfig | None = None, *,
-                 save_on_commit: bool = True):
+                 save_on_commit: bool = True, max_cached_indexes: int | None = 1024):
         self.dim = _check_dim(dim)
+        if max_cached_indexes is not None and (isinstance(max_cached_indexes, bool)
+                                               or not isinstance(max_cached_indexes, int) or max_cached_indexes < 1):
+            raise UsageError("max_cached_indexes", max_cached_indexes, "None (no limit) or an integer >= 1")
+        self.max_cached_indexes = max_cached_indexes
+        """Namespace indexes kept in memory at most (least recently used evicted); None: all."""
         self.path = Path(path)
         self.index_config = index_config or VectorIndexConfig()
         self.save_on_commit = save_on_commit
         self.index_rebuilds = 0
         """How many namespace indexes were rebuilt from SQLite (missing, stale or unreadable file)."""
         self._lock = threading.RLock()
-        self._cache: dict[Namespace, _Cached] = {}
+        self._cache: OrderedDict[Namespace, _Cached] = OrderedDict()
         self._depth = 0
         self._touched: set[Namespace] = set()
         self.path.mkdir(parents=True, exist_ok=True)
@@ -582,6 +596,7 @@ class FaissMemoryStore(MemoryStore):
                 if self.save_on_commit:
                     for ns in sorted(touched):
                         self._save(ns)
+                self._evict()  # a transaction may have held more namespaces than the limit
 
     def _undo(self, outer: bool, savepoint: str) -> None:
         con = self._db
@@ -625,6 +640,7 @@ class FaissMemoryStore(MemoryStore):
             return None
         cached = self._cache.get(ns)
         if cached is not None and cached.generation == gen:
+            self._cache.move_to_end(ns)
             return cached.index
         index = self._load_file(ns, gen)
         if index is None:
@@ -635,7 +651,25 @@ class FaissMemoryStore(MemoryStore):
                 self._save(ns)
         else:
             self._cache[ns] = _Cached(index, gen)
+        self._cache.move_to_end(ns)
+        self._evict(keep=ns)
         return index
+
+    def _evict(self, keep: Namespace | None = None) -> None:
+        """Drop least recently used indexes beyond ``max_cached_indexes``, saving unsaved ones
+        first. Inside a transaction the namespaces it wrote stay (their state is not committed:
+        it must be neither written to a file nor lost before the commit decides)."""
+        limit = self.max_cached_indexes
+        if limit is None or len(self._cache) <= limit:
+            return
+        for ns in list(self._cache):
+            if len(self._cache) <= limit:
+                break
+            if ns == keep or (self._depth > 0 and ns in self._touched):
+                continue
+            if self._cache[ns].dirty:
+                self._save(ns)
+            del self._cache[ns]
 
     def _load_file(self, ns: Namespace, gen: int) -> FaissVectorIndex | None:
         """The index from its file, if the file exists, is ours, and reflects generation ``gen``."""
@@ -711,6 +745,8 @@ class FaissMemoryStore(MemoryStore):
                  for rid, r, p, v in zip(ids, records, payloads, vecs)])
             index.add(np.array(ids, np.int64), vecs)
             self._cache[ns] = _Cached(index, gen, dirty=True)
+            self._cache.move_to_end(ns)
+            self._evict(keep=ns)
             return ids
 
     def delete(self, namespace, ids) -> int:
@@ -729,6 +765,8 @@ class FaissMemoryStore(MemoryStore):
                                  [(key, i) for i in present])
             index.remove(np.array(present, np.int64))
             self._cache[ns] = _Cached(index, gen, dirty=True)
+            self._cache.move_to_end(ns)
+            self._evict(keep=ns)
             return len(present)
 
     def _select_ids(self, key: str, ids: list[int], columns: str = "record_id") -> list[tuple]:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from memory.errors import UsageError
 
-IndexKind = Literal["flat", "hnsw", "ivf"]
+IndexKind = Literal["flat", "hnsw", "ivf", "auto"]
 
 
 class VectorIndexConfig(BaseModel):
@@ -40,7 +40,10 @@ class VectorIndexConfig(BaseModel):
 
     kind: IndexKind = "flat"
     """``flat``: exact inner product (the default); ``hnsw``: graph-based approximate search;
-    ``ivf``: inverted lists over k-means cells, approximate, for large catalogs."""
+    ``ivf``: inverted lists over k-means cells, approximate, for large catalogs; ``auto``: exact
+    while the index holds fewer than ``approximate_above`` vectors, then IVF sized to the data
+    (``nlist`` about ``4 * sqrt(n)``, retrained each time the index has grown fourfold since its
+    last training): what a store with many small namespaces and a few huge ones wants."""
     hnsw_m: int = Field(32, ge=2, le=256)
     """HNSW: neighbours per node. Larger is more accurate, slower to build and bigger."""
     hnsw_ef_construction: int = Field(80, gt=0)
@@ -54,6 +57,14 @@ class VectorIndexConfig(BaseModel):
     None means ``39 * ivf_nlist``, below which FAISS's k-means warns that it lacks data."""
     nprobe: int = Field(8, gt=0)
     """IVF: cells visited per query. ``nprobe == ivf_nlist`` makes IVF exact."""
+    approximate_above: int = Field(50_000, ge=1)
+    """``auto``: vectors at which an index turns approximate (IVF). Below it an exact scan is
+    fast enough (384-d on one core: about 1 ms per 10,000 vectors) and exact; above it the scan's
+    cost grows with the index while IVF's stays near ``nprobe / nlist`` of it. Measured in
+    ``benchmarks/scale_memory.py``."""
+    approximate_probe_share: float = Field(0.05, gt=0, le=1)
+    """``auto``: share of the IVF cells a query visits (``nprobe = max(nprobe, share * nlist)``);
+    the recall/latency knob of the approximate mode."""
     use_gpu: bool | None = None
     """Search on GPU 0 through ``faiss-gpu``. None uses a GPU when FAISS sees one; applies to
     ``flat`` and ``ivf`` only (FAISS has no GPU HNSW). True without a GPU is an error."""
@@ -63,8 +74,24 @@ class VectorIndexConfig(BaseModel):
 
     @property
     def min_train(self) -> int:
-        """Vectors an IVF index waits for before training (see ``ivf_min_train``)."""
+        """Vectors an IVF index waits for before training (see ``ivf_min_train``; for ``auto``,
+        ``approximate_above``)."""
+        if self.kind == "auto":
+            return self.approximate_above
         return self.ivf_min_train if self.ivf_min_train is not None else 39 * self.ivf_nlist
+
+    def nlist_for(self, n: int) -> int:
+        """IVF cells for an index trained on ``n`` vectors: ``ivf_nlist``, or for ``auto`` about
+        ``4 * sqrt(n)`` (never more than ``n``)."""
+        if self.kind == "auto":
+            return max(1, min(n, int(round(4 * n ** 0.5))))
+        return max(1, min(self.ivf_nlist, n))
+
+    def nprobe_for(self, nlist: int) -> int:
+        """Cells a query visits in an IVF index of ``nlist`` cells."""
+        if self.kind == "auto":
+            return min(nlist, max(self.nprobe, int(round(self.approximate_probe_share * nlist))))
+        return self.nprobe
 
 
 class VectorIndex(ABC):
@@ -340,19 +367,32 @@ class FaissVectorIndex(VectorIndex):
         return isinstance(self._index, self._faiss.IndexIVF)
 
     def _maybe_train(self) -> None:
-        if self.config.kind != "ivf" or self.trained_ivf or len(self._ids) < self.config.min_train:
+        c = self.config
+        if c.kind not in ("ivf", "auto") or len(self._ids) < c.min_train:
             return
-        f, c = self._faiss, self.config
+        if self.trained_ivf:
+            # auto: cells sized for the data they were trained on; retrain once it has grown fourfold
+            if c.kind != "auto" or len(self._ids) < 4 * self._trained_on():
+                return
+        f = self._faiss
         ids, vecs = self._all()
         # FAISS needs at least nlist points; min_train defaults far above that, a custom one may not
-        nlist = min(c.ivf_nlist, len(ids))
+        nlist = c.nlist_for(len(ids))
         ivf = f.IndexIVFFlat(f.IndexFlatIP(self.dim), self.dim, nlist, f.METRIC_INNER_PRODUCT)
         ivf.cp.seed = 1234  # deterministic k-means, so the same data gives the same cells
-        ivf.train(vecs)
+        if c.kind == "auto" and len(ids) > 256 * nlist:  # FAISS's own sampling cap, made deterministic and silent
+            train = vecs[np.random.default_rng(1234).choice(len(ids), 256 * nlist, replace=False)]
+        else:
+            train = vecs
+        ivf.train(np.ascontiguousarray(train))
         ivf.set_direct_map_type(f.DirectMap.Hashtable)  # reconstruct(id) for rebuilds and fallbacks
         ivf.add_with_ids(vecs, ids)
-        ivf.nprobe = c.nprobe
+        ivf.nprobe = c.nprobe_for(nlist)
         self._index = ivf
+
+    def _trained_on(self) -> int:
+        """For ``auto``: the size the current IVF cells were made for (the inverse of ``nlist_for``)."""
+        return int((self._index.nlist / 4) ** 2)
 
     # -- helpers --------------------------------------------------------------------------
     def _all(self) -> tuple[np.ndarray, np.ndarray]:
@@ -377,7 +417,11 @@ class FaissVectorIndex(VectorIndex):
 
     def _insert(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         self._index.add_with_ids(vecs, ids)
-        self._ids = np.union1d(self._ids, ids)
+        if len(self._ids) == 0 or ids.min() > self._ids[-1]:
+            # ids that count up (a store's are assigned so): append, no O(n log n) re-sort per write
+            self._ids = np.concatenate([self._ids, np.sort(ids)])
+        else:
+            self._ids = np.union1d(self._ids, ids)
         self._maybe_train()
 
     # -- VectorIndex ----------------------------------------------------------------------
@@ -386,7 +430,8 @@ class FaissVectorIndex(VectorIndex):
         vecs = self._check_vectors(vectors, len(ids))
         if len(ids) == 0:
             return
-        existing = ids[np.isin(ids, self._ids)]
+        fresh = len(self._ids) == 0 or ids.min() > self._ids[-1]
+        existing = ids[:0] if fresh else ids[np.isin(ids, self._ids)]
         if len(existing):
             if self.config.kind == "hnsw":
                 all_ids, all_vecs = self._all()
@@ -419,7 +464,7 @@ class FaissVectorIndex(VectorIndex):
         if self.config.kind == "hnsw":
             params = f.SearchParametersHNSW(efSearch=max(self.config.hnsw_ef_search, k))
         elif self.trained_ivf:
-            params = f.SearchParametersIVF(nprobe=self.config.nprobe)
+            params = f.SearchParametersIVF(nprobe=self.config.nprobe_for(self._index.nlist))
         else:
             params = f.SearchParameters()
         if selector is not None:
@@ -524,7 +569,7 @@ class FaissVectorIndex(VectorIndex):
         if index.d != out.dim:
             raise UsageError("index dim", index.d, f"{out.dim} (the configured dim)")
         if isinstance(index, f.IndexIVF):
-            index.nprobe = config.nprobe
+            index.nprobe = config.nprobe_for(index.nlist)
             ids = np.concatenate([np.zeros(0, np.int64)] + [
                 f.rev_swig_ptr(index.invlists.get_ids(lst), index.invlists.list_size(lst)).copy()
                 for lst in range(index.nlist) if index.invlists.list_size(lst)])

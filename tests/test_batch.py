@@ -143,3 +143,31 @@ def test_cli_usage_errors(capsys, data_dir, tmp_path):
     code = main(["batch", "recommend", "--data-dir", str(data_dir), "--dataset", "synthetic",
                  "--out", str(tmp_path / "x.csv")])
     assert code == 2 and ".parquet" in capsys.readouterr().err
+
+
+def test_eval_rec_on_ray_gives_the_in_process_document(ray_local, synthetic):
+    """``plural eval rec --ray`` shards the per-user persona induction of both splits over Ray
+    tasks; every list, metric and choice is the in-process run's."""
+    from evals.harness import EvalConfig, RecEvaluation
+
+    # tests/test_exposure_replay.py's quick run: one variant per family, a strong exposure bonus
+    QUICK = dict(models=["ease", "ease+steck", "plural:persona_calibrated", "plural:persona_only"], ks=[5, 10],
+                 embedder="hash:64", bootstrap=100, ease_l2_grid=[200.0], steck_lambdas=[0.2], joint_lambdas=[0.25],
+                 joint_mus=[0.05], joint_betas=[0.3], joint_gammas=[0.25], persona_only_mus=[0.1],
+                 persona_only_betas=[0.0], tradeoff_on_test=False)
+
+    local = RecEvaluation(synthetic.dataset, EvalConfig(**QUICK))
+    a = local.run()
+    remote = RecEvaluation(synthetic.dataset, EvalConfig(**QUICK), ray=True, shard_size=7)
+    b = remote.run()
+    for doc in (a, b):
+        doc.pop("timings_s")
+        for m in doc["models"].values():
+            m.pop("fit_s")
+    assert a == b
+    for name, by_k in local.outputs.lists.items():
+        for k, top in by_k.items():
+            assert (top == remote.outputs.lists[name][k]).all(), (name, k)
+    pa, pb = local.outputs.personas, remote.outputs.personas
+    assert (pa.responsible == pb.responsible).all() and (pa.persona_rank == pb.persona_rank).all()
+    assert [[p.evidence for p in s.personas] for s in pa.sets] == [[p.evidence for p in s.personas] for s in pb.sets]

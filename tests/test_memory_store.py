@@ -472,6 +472,27 @@ class TestFaissMemoryStoreIVF(TestFaissMemoryStore):
     config = VectorIndexConfig(kind="ivf", ivf_nlist=2, ivf_min_train=4, nprobe=2, use_gpu=False)
 
 
+class TestFaissMemoryStoreAuto(TestFaissMemoryStore):
+    """The approximate mode at scale, with a tiny threshold: exact until a namespace holds 4
+    vectors, IVF from then on (probing every cell, so the contract's exact checks still apply;
+    tests/test_memory_scale.py checks the filtered searches an IVF that probes too little misses)."""
+
+    config = VectorIndexConfig(kind="auto", approximate_above=4, approximate_probe_share=1.0, use_gpu=False)
+
+
+class TestFaissMemoryStoreAutoOneCachedIndex(TestFaissMemoryStoreAuto):
+    """... and with room for one namespace index in memory: every other namespace is evicted
+    (saved first) and reloaded from its file, within and across transactions."""
+
+    def make(self, folder: Path, dim: int = DIM, **kw) -> FaissMemoryStore:
+        kw.setdefault("max_cached_indexes", 1)
+        return super().make(folder, dim, **kw)
+
+    def reopen(self, store: FaissMemoryStore, **kw) -> FaissMemoryStore:
+        kw.setdefault("max_cached_indexes", 1)
+        return super().reopen(store, **kw)
+
+
 @pytest.mark.postgres
 class TestPostgresMemoryStore(MemoryStoreContract):
     """The same contract over PostgreSQL + pgvector (exact search per namespace), each test on a
