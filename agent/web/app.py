@@ -85,7 +85,7 @@ class ChatPage:
                     self.chatbot = gr.Chatbot(label="Conversation", elem_id="plural-chat", height=360,
                                               buttons=[], feedback_options=None)
                     with gr.Row():
-                        self.msg = gr.Textbox(show_label=False, elem_id="plural-message", scale=5, lines=1,
+                        self.msg = gr.Textbox(show_label=False, elem_id="plural-message", scale=5, lines=1, max_lines=4,
                                               placeholder="Ask for something (\u201ca scary movie\u201d), react "
                                                           "(\u201cnot #2\u201d), ask \u201cwhy the third?\u201d")
                         self.send_btn = gr.Button("Send", variant="primary", elem_id="plural-send", scale=0,

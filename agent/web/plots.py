@@ -47,7 +47,8 @@ def persona_weights_figure(frame: pd.DataFrame, colors: Sequence[str] = ()) -> F
     cols = (list(colors) or [LIST_COLOR] * len(names))[: len(names)][::-1]
     bars = ax.barh(names, values, color=cols)
     ax.bar_label(bars, fmt="%.0f%%", fontsize=8, padding=2)
-    ax.set_xlim(0, max([100.0 / max(len(names), 1) * 2, *values, 1.0]) * 1.15)
+    # room for twice an even share, never past 100%
+    ax.set_xlim(0, min(100.0, max([100.0 / max(len(names), 1) * 2, *values, 1.0])) * 1.15)
     ax.set_title("Persona weights", fontsize=10, loc="left")
     _style(ax, "share of your taste (%)")
     if not names:
