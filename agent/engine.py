@@ -1,10 +1,17 @@
 """The engine: builds, caches and opens everything a recommendation needs for one dataset.
 
 ``Engine.open`` reads a data directory when one was built for the same source and
-configuration (milliseconds), and otherwise builds one: histories, the collaborative scorer,
-item text vectors, the item space, personas for every user, the catalog's FAISS index. The
-build goes into a staging folder that is renamed into place only when complete, so a failed or
-interrupted run leaves nothing behind.
+configuration (milliseconds), and otherwise builds one: histories, the collaborative scorer
+(dense EASE, or sparse EASE above ``config.dense_max_items`` items), item text vectors, the item
+space, the catalog's FAISS index, and personas for every user when there are at most
+``config.eager_max_users`` of them. The build goes into a staging folder that is renamed into
+place only when complete, so a failed or interrupted run leaves nothing behind.
+
+Personas not induced at build are induced on the user's first request, deterministically and
+stored once (:class:`personas.lazy_store.LazyPersonaStore`); :meth:`Engine.induce_personas`
+induces many at once (in worker processes when asked). :meth:`Engine.add_interactions` records
+a user's new interactions (``interactions.sqlite`` in the data directory) and re-induces that
+user's personas, a new version with reason ``new interactions``, without a rebuild.
 
 Example:
     >>> from memory.loaders import DataSource
@@ -30,7 +37,7 @@ from agent.config import EngineConfig
 from memory.catalog import Catalog
 from memory.embeddings import default_cache_dir
 from memory.errors import DataFormatError, UsageError
-from memory.history import HistoryIndex
+from memory.history import HistoryIndex, InteractionOverlay
 from memory.loaders import DataSource
 from memory.persistence import atomic_write_bytes, atomic_write_json
 from personas.recommendation import RecommendationList
@@ -125,9 +132,14 @@ class Engine:
                  history: HistoryIndex, *, storage=None):
         from agent.postgres import resolve_storage
 
+        from personas.lazy_store import LazyPersonaStore
+
         self.data_dir, self.config, self.manifest = data_dir, config, manifest
         self.catalog, self.history = catalog, history
+        self._overlay = InteractionOverlay(data_dir / "interactions.sqlite")
+        self._overlay.apply(history, catalog)  # interactions added since the build
         self.scorer = load_scorer(data_dir / "scorer", mmap=False)  # ~11 MB for ML-100K: RAM beats page faults
+        self._inducer = None
         # where the mutable state lives (``storage``: see agent.postgres): SQLite + FAISS files in
         # the data directory by default, or one Postgres schema per data directory
         settings = resolve_storage(storage)
@@ -136,14 +148,16 @@ class Engine:
         if settings is None:
             from personas.store import SqlitePersonaStore
 
-            self.persona_store = SqlitePersonaStore(data_dir / "personas.sqlite")
+            stored = SqlitePersonaStore(data_dir / "personas.sqlite")
         else:
             from agent.postgres import PostgresStorage
 
             self.postgres = PostgresStorage(settings, data_dir, manifest)
-            self.persona_store = self.postgres.persona_store
+            stored = self.postgres.persona_store
+        self.persona_store = LazyPersonaStore(stored, self._induce_one)
+        """The personas: the stored ones, a known user's induced (and stored) on first read."""
         provenance = {"dataset": manifest["dataset"]["name"], "dataset_key": manifest["source_key"],
-                      "scorer": {"kind": config.scorer, **self.scorer.config_dict()},
+                      "scorer": {"kind": self.scorer.name, **self.scorer.config_dict()},
                       "induction_space": config.induction.space, "config_key": config.cache_key()}
         self.recommender = PersonaRecommender(catalog, self.scorer, history, self.persona_store,
                                               attention=config.attention, provenance=provenance)
@@ -151,8 +165,8 @@ class Engine:
             from agent.threads import SqliteThreadRegistry
             from personas.exposure import SqliteExposureStore
 
-            self._exposure = SqliteExposureStore(self.persona_store)
-            self._threads = SqliteThreadRegistry(self.persona_store)
+            self._exposure = SqliteExposureStore(stored)  # tables in the persona file, on its connection
+            self._threads = SqliteThreadRegistry(stored)
         else:
             self._exposure, self._threads = self.postgres.exposure, self.postgres.threads
         self.recommender.exposure = self._exposure
@@ -201,7 +215,7 @@ class Engine:
                     raise DataFormatError(manifest_path, f"data directory format {manifest.get('format_version')} "
                                                          f"is not {FORMAT_VERSION}; rebuild with --rebuild")
                 manifest = {}  # a cache folder from an older release: rebuilt below
-            stored = EngineConfig.model_validate(manifest["config"]) if manifest else None
+            stored = _stored_config(manifest) if manifest else None
             if stored and manifest.get("source_key") == skey and stored.cache_key() == config.cache_key():
                 catalog = Catalog.from_records(json.loads((ddir / "catalog.json").read_text()))
                 history = HistoryIndex.load(ddir / "history.npz")
@@ -343,7 +357,114 @@ class Engine:
             out.provenance["query"] = query
         return out
 
+    # ---- personas on demand, new interactions ---------------------------------------------
+    def inducer(self):
+        """The :class:`~personas.induction.PersonaInducer` the build used (loads the item space
+        and text vectors on first use)."""
+        if self._inducer is None:
+            self._inducer = _make_inducer(self.data_dir, self.catalog, self.config)
+        return self._inducer
+
+    def _induce_one(self, user_id: str):
+        if user_id not in self.history:
+            return None
+        return self.inducer().induce(user_id, self.history.positives(user_id))
+
+    def induce_personas(self, users: Sequence[str] | None = None, *, workers: int = 1,
+                        chunk: int = 2_000) -> dict:
+        """Induce and store the personas of ``users`` (default: every known user) who have none
+        yet; ``workers`` > 1 induces in that many processes. Returns counts and seconds.
+
+        The sets are those a first request would induce (same function, same inputs), stored
+        in transactions of ``chunk`` users that skip users who got personas meanwhile.
+
+        Example:
+            >>> engine.induce_personas(workers=2)                           # doctest: +SKIP
+            {'requested': 943, 'induced': 943, 'stored': 943, 'seconds': 3.1, 'workers': 2}
+        """
+        if workers < 1:
+            raise UsageError("workers", workers, "a positive integer")
+        t0 = time.perf_counter()
+        wanted = list(self.history.user_ids) if users is None else [str(u) for u in users]
+        unknown = [u for u in wanted if u not in self.history]
+        if unknown:
+            from memory.errors import UnknownUserError
+
+            raise UnknownUserError(unknown[0], self.history.user_ids)
+        have = set(self.persona_store.users())
+        todo = [u for u in dict.fromkeys(wanted) if u not in have]
+        stored = 0
+        if workers == 1 or len(todo) < 2 * workers:
+            inducer = self.inducer()
+            for s in range(0, len(todo), chunk):
+                part = todo[s:s + chunk]
+                stored += self.persona_store.store_induced(
+                    [inducer.induce(u, self.history.positives(u)) for u in part])
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: FAISS's OpenMP runtime is not fork-safe once initialised
+            size = max(1, min(chunk, -(-len(todo) // (4 * workers))))
+            parts = [todo[s:s + size] for s in range(0, len(todo), size)]
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                     initargs=(str(self.data_dir), self.config.model_dump(mode="json"))) as pool:
+                for sets in pool.map(_worker_induce, parts):
+                    stored += self.persona_store.store_induced(sets)
+        return {"requested": len(wanted), "induced": len(todo), "stored": stored,
+                "seconds": round(time.perf_counter() - t0, 3), "workers": workers}
+
+    def add_interactions(self, user_id: str, items: Sequence[str], ratings: Sequence[float] | None = None,
+                         timestamps: Sequence[int] | None = None):
+        """Record a user's new interactions (item ids; ``ratings`` default to 5, ``timestamps``
+        to now) and update their personas without a rebuild: the personas are induced again
+        from the whole history and stored as new versions (reason ``new interactions``,
+        compare-and-set against the versions read). A user without personas yet gets them on
+        the first request, from the history including these. A new user id becomes known.
+
+        The scorer (``B``) is not refitted: it stays the build's. Other processes on this data
+        directory see the interactions when they reopen it. Returns the user's personas after
+        the update (None when they had none).
+
+        Example:
+            >>> engine.add_interactions("42", ["50", "181"], [5, 4]).personas[0].version  # doctest: +SKIP
+            2
+        """
+        from personas.store import PersonaConflictError, PersonaStore
+
+        uid = str(user_id)
+        items = [str(i) for i in items]
+        if not items:
+            raise UsageError("items", items, "at least one item id")
+        missing = [i for i in items if i not in self.catalog]
+        if missing:
+            raise UsageError("item id", missing[0], f"ids of this catalog ({len(self.catalog)} items, e.g. "
+                                                    f"{', '.join(self.catalog.item_ids[:3])})")
+        ratings = [5.0] * len(items) if ratings is None else [float(r) for r in ratings]
+        if len(ratings) != len(items):
+            raise UsageError("ratings", len(ratings), f"one rating per item ({len(items)})")
+        if timestamps is not None and len(timestamps) != len(items):
+            raise UsageError("timestamps", len(timestamps), f"one timestamp per item ({len(items)})")
+        stamps = self._overlay.add(uid, items, ratings, timestamps)
+        self.history.append(uid, self.catalog.indices(items), ratings, stamps)
+        self.recommender._user_categories_cache.pop(uid, None)
+        store = self.persona_store.inner
+        for _ in range(3):  # a concurrent writer of this user: read again, induce again
+            old = store.get(uid)
+            if old is None:
+                return None
+            new = self.inducer().induce(uid, self.history.positives(uid))
+            try:
+                store.put_many([new], reason="new interactions",
+                               feedback={"items": items, "ratings": ratings},
+                               expected_versions={uid: PersonaStore.versions_of(old)})
+                return store.get(uid)
+            except PersonaConflictError:
+                continue
+        raise PersonaConflictError(uid, "*", -1, None)
+
     def close(self) -> None:
+        self._overlay.close()
         self.persona_store.close()
         if self._memory_store is not None:
             self._memory_store.close()
@@ -356,25 +477,34 @@ class Engine:
 def build_into(ddir: Path, source: DataSource, config: EngineConfig, *, progress: bool = False,
                validate: Callable[[HistoryIndex], None] | None = None) -> dict:
     """Build a complete data directory at ``ddir`` (staged, then renamed into place)."""
+    t = time.perf_counter()
+    dataset = source.load()
+    history = HistoryIndex.build(dataset.interactions, dataset.catalog, config.positive_threshold)
+    load_s = time.perf_counter() - t
+    if validate:
+        validate(history)  # before anything is written
+    if len(history.user_ids) == 0:
+        raise DataFormatError(dataset.source or dataset.name, "no interactions to build from")
+    return build_from_history(ddir, source, config, dataset.catalog, history, dataset.describe(),
+                              progress=progress, load_s=load_s)
+
+
+def build_from_history(ddir: Path, source: DataSource, config: EngineConfig, catalog: Catalog,
+                       history: HistoryIndex, description: dict, *, progress: bool = False,
+                       load_s: float = 0.0) -> dict:
+    """Build a data directory from a catalog and histories already in memory (what
+    :func:`build_into` does after loading; large generated data comes here without an
+    interaction log of Python objects). ``source`` and ``description`` go to the manifest."""
     from memory.embeddings import make_embedder
     from personas.induction import PersonaInducer
     from personas.spaces import build_item_space
     from personas.store import SqlitePersonaStore
 
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    dataset = source.load()
-    history = HistoryIndex.build(dataset.interactions, dataset.catalog, config.positive_threshold)
-    timings["load"] = time.perf_counter() - t
-    if validate:
-        validate(history)  # before anything is written
-    if len(history.user_ids) == 0:
-        raise DataFormatError(dataset.source or dataset.name, "no interactions to build from")
+    timings: dict[str, float] = {"load": load_s}
     ddir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{ddir.name}.building-", dir=ddir.parent))
     try:
         with Progress(progress) as bar:
-            catalog = dataset.catalog
             n = len(catalog)
             atomic_write_json(stage / "catalog.json", catalog.to_records())
             atomic_write_bytes(stage / "history.npz", history.to_bytes())
@@ -382,9 +512,13 @@ def build_into(ddir: Path, source: DataSource, config: EngineConfig, *, progress
             step = bar.task("Fitting the collaborative scorer", 1)
             t = time.perf_counter()
             X = history.positive_matrix(n)
-            cfg = config.ease.model_dump() if config.scorer == "ease" else config.itemknn.model_dump()
-            scorer = make_scorer(config.scorer, **cfg).fit(X)
+            kind = config.resolve_scorer(n)
+            scorer = make_scorer(kind, **config.scorer_settings(kind)).fit(X)
             scorer.save(stage / "scorer")
+            scorer_info = {"kind": kind, "chosen_by": "auto" if config.scorer == "auto" else "config",
+                           "n_items": n, "dense_max_items": config.dense_max_items,
+                           "B_nnz": int(scorer.B.nnz) if hasattr(scorer.B, "nnz") else int(n * n),
+                           **getattr(scorer, "fit_stats", {})}
             timings["scorer"] = time.perf_counter() - t
             step()
 
@@ -416,22 +550,26 @@ def build_into(ddir: Path, source: DataSource, config: EngineConfig, *, progress
             mem.close()
             step()
 
-            step = bar.task("Inducing personas", len(history.user_ids))
+            eager = config.induce_at_build(len(history.user_ids))
             t = time.perf_counter()
-            inducer = PersonaInducer(catalog, space, text_vectors, config.induction)
+            store = SqlitePersonaStore(stage / "personas.sqlite")  # created even when empty (lazy)
             sets = []
-            for u in history.user_ids:
-                sets.append(inducer.induce(u, history.positives(u)))
-                step()
-            store = SqlitePersonaStore(stage / "personas.sqlite")
-            store.put_many(sets, reason="induction")
+            if eager:
+                step = bar.task("Inducing personas", len(history.user_ids))
+                inducer = PersonaInducer(catalog, space, text_vectors, config.induction)
+                for u in history.user_ids:
+                    sets.append(inducer.induce(u, history.positives(u)))
+                    step()
+                store.put_many(sets, reason="induction")
             store.close()
             timings["induction"] = time.perf_counter() - t
 
         manifest = {"format_version": FORMAT_VERSION, "source": source.model_dump(mode="json"),
                     "source_key": source_key(source)[1], "config": config.model_dump(mode="json"),
-                    "dataset": dataset.describe(), "built_at": time.time(), "text_dim": int(text_vectors.shape[1]),
+                    "dataset": description, "built_at": time.time(), "text_dim": int(text_vectors.shape[1]),
                     "timings_s": {k: round(v, 3) for k, v in timings.items()},
+                    "scorer": scorer_info,
+                    "personas_at_build": "all" if eager else "lazy",
                     "personas_per_user": _histogram(len(s.personas) for s in sets)}
         atomic_write_json(stage / "manifest.json", manifest)  # written last: marks the build complete
         if ddir.exists():
@@ -445,6 +583,45 @@ def build_into(ddir: Path, source: DataSource, config: EngineConfig, *, progress
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _stored_config(manifest: dict) -> EngineConfig:
+    """The configuration a data directory was built with. Manifests written before the
+    ``auto`` scorer (no ``scorer`` entry) say ``scorer="ease"``, which was the default then:
+    read as ``auto``, which hashes the same, so those folders stay valid."""
+    cfg = EngineConfig.model_validate(manifest["config"])
+    if "scorer" not in manifest and cfg.scorer == "ease":
+        cfg = cfg.model_copy(update={"scorer": "auto"})
+    return cfg
+
+
+def _make_inducer(data_dir: Path, catalog: Catalog, config: EngineConfig):
+    """The build's inducer over a data directory's item space and text vectors."""
+    from personas.induction import PersonaInducer
+
+    space = np.load(data_dir / "item_space.npy", mmap_mode="r")
+    text = np.load(data_dir / "item_text.npy", mmap_mode="r")
+    return PersonaInducer(catalog, np.asarray(space), np.asarray(text), config.induction)
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(data_dir: str, config: dict) -> None:
+    """A worker process of :meth:`Engine.induce_personas`: the data directory's catalog,
+    histories (with the interactions added since the build) and inducer."""
+    ddir = Path(data_dir)
+    catalog = Catalog.from_records(json.loads((ddir / "catalog.json").read_text()))
+    history = HistoryIndex.load(ddir / "history.npz")
+    overlay = InteractionOverlay(ddir / "interactions.sqlite")
+    overlay.apply(history, catalog)
+    overlay.close()
+    _WORKER.update(history=history, inducer=_make_inducer(ddir, catalog, EngineConfig.model_validate(config)))
+
+
+def _worker_induce(users: list[str]) -> list:
+    h, inducer = _WORKER["history"], _WORKER["inducer"]
+    return [inducer.induce(u, h.positives(u)) for u in users]
 
 
 def _histogram(values) -> dict[str, int]:
