@@ -49,10 +49,10 @@ def web(
     like/dislike buttons, the persona panel with what feedback changed and rollback, plots.
 
     Every message (and every like/dislike button) is a chat turn on a thread, the same path as
-    ``plural chat``; the thread id is in the page's URL (``?user=1&thread=...``), so a reload
-    resumes the conversation. Cards come from the engine at once; the LLM (the packaged SmolLM2
-    unless --llm says otherwise; --llm none for templates only) adds its explanations and persona
-    rewrites afterwards, marked "model". Needs the ``web`` extra (gradio). Ctrl-C stops.
+    plural chat; the thread id is in the page's URL (?user=1&thread=...), so a reload resumes
+    the conversation. Cards come from the engine at once; the LLM (the packaged SmolLM2 unless
+    --llm says otherwise; --llm none for templates only) adds its explanations and persona
+    rewrites afterwards, marked "model". Needs the web extra (gradio). Ctrl-C stops.
     """
     from personas.ranking import RANKING_MODES
 

@@ -35,8 +35,13 @@ VIEWPORT = {"width": 1400, "height": 1000}
 
 
 def _chromium() -> str | None:
-    for path in (os.environ.get("PLURAL_CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
-                 "/usr/bin/chromium", "/usr/bin/chromium-browser"):
+    named = os.environ.get("PLURAL_CHROMIUM")
+    if named:
+        if not (os.path.isfile(named) and os.access(named, os.X_OK)):
+            pytest.fail(f"PLURAL_CHROMIUM={named!r} is not an executable file; unset it or name a Chromium binary")
+        return named
+    for path in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium",
+                 "/usr/bin/chromium-browser"):
         if path and os.access(path, os.X_OK):
             return path
     return None
@@ -259,3 +264,85 @@ def test_two_tabs_and_another_users_thread(site, chromium, shots):
     shots(c, "5-refused")
     for p in (a, b, c):
         p.close()
+
+
+# ---- the model's text after the cards (in process: synthetic data, a scripted model) -----------
+def _held_model(release):
+    """A model that writes valid explanations, but only once ``release`` is set."""
+    import json
+
+    from agent.llm import ScriptedLLM
+
+    def answer(req) -> str:
+        assert release.wait(60), "the test never released the model"
+        props = (req.json_schema or {}).get("properties", {})
+        if "explanations" not in props:
+            return "not json"
+        out = []
+        for k, e in enumerate(props["explanations"]["prefixItems"], start=1):
+            t = e["properties"]["cited_titles"]["items"]["enum"][0]
+            out.append({"item": k, "cited_titles": [t],
+                        "explanation": f"Because you enjoyed {t.split(' (')[0]}, this one should land well."})
+        return json.dumps({"explanations": out})
+
+    return ScriptedLLM(answer)
+
+
+@pytest.fixture
+def served(tmp_path, hash_config):
+    """``serve(agent, block=False)`` over a synthetic-data agent with the given backend."""
+    from agent.api import PluralAgent
+    from agent.engine import Engine
+    from agent.runtime import AgentConfig, AgentRuntime
+    from agent.web import serve
+    from memory.loaders import DataSource
+
+    opened = []
+
+    def start(backend) -> str:
+        engine = Engine.open(DataSource(dataset="synthetic"), hash_config, tmp_path / "dd")
+        agent = PluralAgent(AgentRuntime(engine, backend, AgentConfig(k=5)))
+        port = _free_port()
+        demo = serve(agent, port=port, block=False, quiet=True)
+        opened.append((demo, agent))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for demo, agent in opened:
+        demo.close()
+        agent.close()
+
+
+def test_the_models_text_arrives_after_the_cards(chromium, served, shots):
+    import threading
+
+    release = threading.Event()
+    try:
+        llm = _held_model(release)
+        page = _open(chromium, served(llm) + "/?user=4")
+        _notice(page, "User 4: a new conversation")
+        _ask(page, "a space movie")  # the cards come while the model is held
+        assert [c["source"] for c in _cards(page)] == ["template"] * 5
+        _notice(page, "The model is writing its own text")
+        shots(page, "6-model-writing")
+        release.set()
+        page.wait_for_selector("#plural-card-1 .pl-src-model")
+        _notice(page, "The model wrote 5 of the 5 explanations")
+        assert [c["source"] for c in _cards(page)] == ["model"] * 5
+        assert "Because you enjoyed" in page.inner_text("#plural-card-1 .pl-expl")
+        shots(page, "7-model-wrote")
+        page.close()
+    finally:
+        release.set()
+
+
+def test_a_failing_model_falls_back_to_the_templates_visibly(chromium, served, shots):
+    from agent.llm import ScriptedLLM
+
+    page = _open(chromium, served(ScriptedLLM.failing(ConnectionError("no server at 127.0.0.1:9"))) + "/?user=5")
+    _ask(page, "a space movie")
+    text = _notice(page, "could not add its text")
+    assert "no server at 127.0.0.1:9" in text and "template explanations" in text
+    assert [c["source"] for c in _cards(page)] == ["template"] * 5
+    shots(page, "8-model-failed")
+    page.close()

@@ -140,6 +140,13 @@ def test_a_dislike_shows_the_change_and_can_be_rolled_back(web, page):
     assert f"weight {100 * fb.persona_before.weight:.0f}% \u2192 {100 * fb.persona_after.weight:.0f}%" in html
     card = views.card_html(turn.view.items[1], {p.persona_id: p.name for p in turn.view.personas}, "dislike")
     assert "you disliked this" in card
+    # the page draws again only the plot whose data changed: the weights, not the list's mix
+    from matplotlib.figure import Figure
+
+    shown_first = page._render(first.view, None)
+    again = page._render(turn.view, None, prev=shown_first[page.state])
+    assert isinstance(shown_first[page.mix_plot], Figure) and isinstance(again[page.weights_plot], Figure)
+    assert again[page.mix_plot] == {"__type__": "update"}  # gr.skip(): left as it is
     # the page offers the rollback of that persona to its version before the change
     assert web.undo_target(turn.view) == fb.persona_before.version
     out = page._render(turn.view, None)
@@ -302,3 +309,17 @@ def test_card_escapes_what_it_shows():
                          explanation="a & b", categories=["<i>"])
     html = views.card_html(rec, {"p1": "<b>"})
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;i&gt;" in html and "a &amp; b" in html
+
+
+# ---- the command -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("args", "named"), [
+    (["--port", "0"], "invalid --port 0; allowed: 1-65535"),
+    (["--k", "50"], "invalid --k 50; allowed: an integer from 1 to 20"),
+    (["--mode", "loudest"], "invalid --mode 'loudest'; allowed: calibrated, persona_calibrated"),
+])
+def test_plural_web_rejects_bad_options_before_loading_anything(capsys, args, named):
+    from agent.cli import main
+
+    code = main(["web", "--dataset", "synthetic", "--llm", "none", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and named in " ".join(err.split()), err

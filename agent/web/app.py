@@ -130,7 +130,8 @@ class ChatPage:
         if view is None:
             out = {self.state: _empty_state(), self.url_user: "", self.url_thread: "",
                    self.notice: _notice(notice or "Pick a user to start."), self.chatbot: [],
-                   self.personas: "", self.change: "", self.rb_box: gr.Accordion(open=False), self.rb_persona: gr.Dropdown(choices=[], value=None),
+                   self.personas: "", self.change: "", self.rb_box: gr.Accordion(open=False),
+                   self.rb_persona: gr.Dropdown(choices=[], value=None),
                    self.rb_version: gr.Dropdown(choices=[], value=None),
                    self.weights_plot: None, self.mix_plot: None}
             out.update({s: gr.Column(visible=False) for s in self.slots})
@@ -146,21 +147,23 @@ class ChatPage:
                       + views.change_summary_html(fb, current.get(fb.persona_id or ""), view.note,
                                                   view.note_source))
         rb_persona, rb_version, rb_open, fb_key = self._rollback_offer(view, prev)
-        plot_key = repr((view.user_id, [(p.persona_id, p.name, round(p.weight, 4)) for p in view.personas],
-                         view.item_ids))
-        same_plots = prev is not None and prev.get("plots") == plot_key
+        # each plot is drawn (and sent) again only when what it shows changed
+        weights_key = repr((view.user_id, [(p.persona_id, p.name, round(p.weight, 4)) for p in view.personas]))
+        mix_key = repr((view.user_id, view.item_ids))
+        same_weights = prev is not None and prev.get("weights_plot") == weights_key
+        same_mix = prev is not None and prev.get("mix_plot") == mix_key
         out = {self.state: {"user": view.user_id, "thread": view.thread_id, "shown": view.item_ids,
                             "reply": reply.model_dump(mode="json") if reply is not None else None,
-                            "plots": plot_key, "feedback": fb_key},
+                            "weights_plot": weights_key, "mix_plot": mix_key, "feedback": fb_key},
                self.url_user: view.user_id, self.url_thread: view.thread_id or "",
                self.notice: _notice(notice, view), self.chatbot: views.chat_messages(view.transcript),
                self.personas: views.persona_panel_html(view.personas, fb.persona_id if fb else None),
                self.change: change, self.user_in: view.user_id,
                self.rb_box: gr.Accordion(open=True) if rb_open else gr.skip(),
                self.rb_persona: rb_persona, self.rb_version: rb_version,
-               self.weights_plot: gr.skip() if same_plots else plots.persona_weights_figure(
+               self.weights_plot: gr.skip() if same_weights else plots.persona_weights_figure(
                    views.persona_weights_frame(view.personas), list(colors.values())),
-               self.mix_plot: gr.skip() if same_plots else plots.category_mix_figure(
+               self.mix_plot: gr.skip() if same_mix else plots.category_mix_figure(
                    views.category_mix_frame(view.items, self.chat.user_category_shares(view.user_id)))}
         for k in range(self.k):
             if k < len(view.items):
