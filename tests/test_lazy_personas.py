@@ -219,3 +219,28 @@ def test_a_user_without_personas_gets_them_from_the_longer_history(lazy_engine):
     pset = e.persona_store.get("20")  # first request: induced once, from history and the new items
     assert set(items) <= {i for p in pset.personas for i in p.evidence}
     assert {v.reason for v in e.persona_store.versions("20")} == {"induction"}
+
+
+def test_data_build_command_induces_in_bulk(tmp_path):
+    """``plural data build --induce`` (agent.data_build_cli) on a lazily built directory."""
+    import json as _json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from agent.data_build_cli import data_build
+
+    app = typer.Typer()
+    app.command("build")(data_build)
+    app.callback()(lambda: None)  # keep "build" a subcommand
+    cfg = tmp_path / "plural.toml"
+    cfg.write_text('embedder = "hash:64"\npersonas_at_build = "lazy"\n')
+    args = ["build", "--dataset", "synthetic", "--config", str(cfg), "--data-dir", str(tmp_path / "d"), "--json"]
+    r = CliRunner().invoke(app, args + ["--induce", "3", "--induce", "4"], catch_exceptions=False)
+    doc = _json.loads(r.output)
+    assert r.exit_code == 0 and doc["personas_at_build"] == "lazy" and doc["users_with_personas"] == 2
+    r = CliRunner().invoke(app, args + ["--induce", "all", "--workers", "2"], catch_exceptions=False)
+    doc = _json.loads(r.output)
+    assert doc["induction"]["induced"] == doc["users"] - 2 and doc["users_with_personas"] == doc["users"]
+    r = CliRunner().invoke(app, args + ["--workers", "0"])
+    assert r.exit_code != 0
