@@ -11,6 +11,8 @@ Events (each one reads the thread back from the agent, so every output is the th
   own event, so the cards are on the page before the model starts.
 * a card's like / dislike: the chat turn ``"loved #k"`` / ``"not #k"`` on the thread.
 * Roll back: :meth:`PluralAgent.rollback` on the persona and version picked.
+* every few seconds (``REFRESH_S``): a tab whose thread changed elsewhere (another tab, the
+  model's follow-up) shows it as it is now; a thread with an action running is left alone.
 
 Example:
     >>> demo = build_app(WebChat(PluralAgent.from_dataset("synthetic", llm="none")))   # doctest: +SKIP
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from contextlib import contextmanager
 from functools import partial
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
@@ -44,6 +48,9 @@ SET_URL_JS = """(user, thread) => {
   return [];
 }"""
 
+REFRESH_S = 4.0
+"""How often a tab checks whether its thread changed elsewhere (another tab, the model's follow-up)."""
+
 EXAMPLES = ["a scary movie", "something light and funny tonight", "why the third?", "not #2, too slow",
             "more like the first one", "show my personas"]
 
@@ -65,9 +72,12 @@ class ChatPage:
 
     def __init__(self, chat: WebChat, k: int, title: str):
         self.chat, self.k = chat, k
+        self._busy: dict[str, int] = {}  # thread id -> actions on it now running
+        self._busy_lock = threading.Lock()
         users = chat.users()
         with gr.Blocks(title=title, analytics_enabled=False, fill_width=True) as self.demo:
             self.state = gr.State(_empty_state())
+            self.timer = gr.Timer(REFRESH_S)
             with gr.Row(elem_id="plural-top"):
                 gr.Markdown(f"## {title}\nSeveral tastes per user; every pick names the persona it comes from and "
                             "the titles behind it.", elem_id="plural-head")
@@ -154,7 +164,8 @@ class ChatPage:
         same_mix = prev is not None and prev.get("mix_plot") == mix_key
         out = {self.state: {"user": view.user_id, "thread": view.thread_id, "shown": view.item_ids,
                             "reply": reply.model_dump(mode="json") if reply is not None else None,
-                            "weights_plot": weights_key, "mix_plot": mix_key, "feedback": fb_key},
+                            "weights_plot": weights_key, "mix_plot": mix_key, "feedback": fb_key,
+                            "seen": _signature(view)},
                self.url_user: view.user_id, self.url_thread: view.thread_id or "",
                self.notice: _notice(notice, view), self.chatbot: views.chat_messages(view.transcript),
                self.personas: views.persona_panel_html(view.personas, fb.persona_id if fb else None),
@@ -196,10 +207,27 @@ class ChatPage:
             notice = "The model is writing its own text for this reply; the cards are the engine's, for now."
         return self._render(turn.view, notice, turn.reply, prev)
 
+    @contextmanager
+    def _working(self, thread: str | None):
+        """Mark ``thread`` busy while an action on it runs (the refresh then leaves it alone)."""
+        if not thread:
+            yield
+            return
+        with self._busy_lock:
+            self._busy[thread] = self._busy.get(thread, 0) + 1
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy[thread] -= 1
+                if not self._busy[thread]:
+                    del self._busy[thread]
+
     def _guard(self, fn, state: dict):
         """Run ``fn`` and render its turn; a refusal or an error becomes the notice (never a trace)."""
         try:
-            return self._turn(fn(), state)
+            with self._working(state.get("thread")):
+                return self._turn(fn(), state)
         except ThreadOwnershipError:
             return self._refused(state.get("user"), state.get("thread"))
         except UnknownUserError as e:
@@ -269,6 +297,25 @@ class ChatPage:
         return self._guard(lambda: self.chat.react(state["user"], state.get("thread"), rank, reaction,
                                                    state.get("shown") or []), state)
 
+    def on_tick(self, state: dict) -> dict:
+        """Every few seconds: when the thread changed since this tab last showed it (another tab
+        said something, reacted, rolled a persona back, or the model added its text), show the
+        thread as it is now; else change nothing."""
+        user, thread = state.get("user"), state.get("thread")
+        with self._busy_lock:
+            busy = bool(self._busy.get(thread))
+        if not user or not thread or busy:  # an action on the thread renders it when it ends
+            return {}
+        try:
+            view = self.chat.view(user, thread)
+        except Exception:  # a refresh that fails leaves the page as it is
+            log.debug("refresh of thread %s failed", thread, exc_info=True)
+            return {}
+        if _signature(view) == state.get("seen"):
+            return {}
+        return self._render(view, "This conversation changed elsewhere (another tab?); here is the latest.",
+                            prev=state)
+
     def on_follow_up(self, state: dict) -> dict:
         from agent.api import ChatReply
 
@@ -327,6 +374,16 @@ class ChatPage:
         self.rb_persona.input(self.on_pick_persona, inputs=[self.rb_persona, self.state],
                               outputs=[self.rb_version, self.notice])
         self.rb_btn.click(self.on_rollback, inputs=[self.rb_persona, self.rb_version, self.state], **turn_opts)
+        self.timer.tick(self.on_tick, inputs=[self.state], outputs=outs, show_progress="hidden",
+                        concurrency_limit=8, concurrency_id="plural-refresh")
+
+
+def _signature(view: ThreadView) -> str:
+    """What the page shows of a thread, in short: a tab whose last signature differs is out of date."""
+    return repr((view.user_id, view.thread_id, len(view.transcript), view.item_ids,
+                 [r.explanation_source for r in view.items], [(p.persona_id, p.version) for p in view.personas],
+                 view.last_feedback.model_dump_json() if view.last_feedback else None, view.note,
+                 sorted(view.reactions.items())))
 
 
 def _notice(text: str | None, view: ThreadView | None = None) -> str:
