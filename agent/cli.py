@@ -24,11 +24,14 @@ app = typer.Typer(name="plural", add_completion=False, no_args_is_help=True, pre
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(data_app, name="data")
 
-from agent.db_cli import db_app  # noqa: E402  (typer only; the command imports its backend)
+# command groups of their own modules (typer only at import; each command imports its backend)
+from agent.batch_cli import batch_app  # noqa: E402  (ray, pyarrow)
+from agent.db_cli import db_app  # noqa: E402
+from agent.web_cli import web as _web  # noqa: E402  (gradio)
 
 app.add_typer(db_app, name="db")
-from agent.batch_cli import batch_app  # noqa: E402  (typer only; the command imports ray and pyarrow)
 app.add_typer(batch_app, name="batch")
+app.command("web")(_web)
 
 # ---- commands ---------------------------------------------------------------------------------
 @app.command()
