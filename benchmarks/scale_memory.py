@@ -42,13 +42,22 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def _clustered(rng: np.random.Generator, centres: np.ndarray, n: int, spread: float) -> np.ndarray:
+    """``n`` vectors around random ``centres`` (unit, then normalised): events about a catalog's
+    items embed near their item's text, so real memory is clustered like this, not uniform."""
+    pick = rng.integers(len(centres), size=n)
+    v = centres[pick] + spread * _unit(rng, n, centres.shape[1])
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def run_memory_scale(n_events: int, n_users: int, dim: int = 384, k: int = 10, *, queries: int = 200,
                      approximate_above: int | None = None, max_cached_indexes: int | None = None,
-                     folder: str | Path | None = None, seed: int = 0) -> dict:
+                     folder: str | Path | None = None, seed: int = 0, vectors: str = "clustered",
+                     topics: int = 2000, spread: float = 0.5) -> dict:
     """Insert ``n_events`` over ``n_users`` namespaces, reopen, search; returns the figures.
 
     Keys: ``insert_s``, ``insert_events_per_s``, ``flush_s``, ``reopen_s``, ``first_search_ms``
@@ -60,6 +69,11 @@ def run_memory_scale(n_events: int, n_users: int, dim: int = 384, k: int = 10, *
     go to :class:`~memory.vector_index.VectorIndexConfig` and :class:`~memory.store.FaissMemoryStore`
     (None: their defaults).
 
+    ``vectors``: ``clustered`` (default): each event near one of ``topics`` shared random unit
+    centres (``spread`` is the noise's norm), as events about a catalog's items are; ``random``:
+    uniform random unit vectors, the worst case for an approximate index (beyond the nearest
+    one, a uniform vector's neighbours are all at cosine ~0, a tie no index can break).
+
     Example:
         >>> run_memory_scale(2_000, 20, dim=32, queries=20)["short_filtered"]   # doctest: +SKIP
         0
@@ -67,6 +81,8 @@ def run_memory_scale(n_events: int, n_users: int, dim: int = 384, k: int = 10, *
     from memory.store import FaissMemoryStore, MemoryRecord
     from memory.vector_index import VectorIndexConfig
 
+    if vectors not in ("clustered", "random"):
+        raise ValueError(f"vectors must be 'clustered' or 'random', got {vectors!r}")
     if n_events <= 0 or n_users <= 0 or n_users > n_events:
         raise ValueError(f"need 0 < n_users <= n_events, got n_events={n_events}, n_users={n_users}")
     cfg_kw = {"use_gpu": False}
@@ -80,6 +96,11 @@ def run_memory_scale(n_events: int, n_users: int, dim: int = 384, k: int = 10, *
     per_user = np.full(n_users, n_events // n_users)
     per_user[: n_events % n_users] += 1
     users = [f"u{j}" for j in range(n_users)]
+    centres = _unit(np.random.default_rng(seed + 7), topics, dim)
+
+    def make(g: np.random.Generator, n: int) -> np.ndarray:
+        return _clustered(g, centres, n, spread) if vectors == "clustered" else _unit(g, n, dim)
+
     try:
         store = FaissMemoryStore(root / "mem", dim, config, save_on_commit=False, **store_kw)
         t0 = time.perf_counter()
@@ -91,7 +112,7 @@ def run_memory_scale(n_events: int, n_users: int, dim: int = 384, k: int = 10, *
                         n = min(500, int(per_user[j]) - s)
                         recs = [MemoryRecord(kind="feedback" if (s + i) % 4 == 0 else "interaction",
                                              text=f"event {s + i}", timestamp=float(s + i)) for i in range(n)]
-                        store.put(ns, recs, _unit(rng, n, dim))
+                        store.put(ns, recs, make(rng, n))
         insert_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         store.close()  # writes every index file
@@ -114,8 +135,11 @@ def run_memory_scale(n_events: int, n_users: int, dim: int = 384, k: int = 10, *
             ids = np.array([r[0] for r in rows], np.int64)
             vecs = np.stack([np.frombuffer(r[2], np.float32) for r in rows])
             fb = np.array([r[1] == "feedback" for r in rows])
-            q = vecs[int(qrng.integers(len(ids)))] + 0.5 * _unit(qrng, 1, dim)[0]
-            q = (q / np.linalg.norm(q)).astype(np.float32)
+            if vectors == "clustered":  # a query about one of the topics
+                q = make(qrng, 1)[0]
+            else:  # one of the user's vectors, plus noise
+                q = vecs[int(qrng.integers(len(ids)))] + 0.5 * _unit(qrng, 1, dim)[0]
+                q = (q / np.linalg.norm(q)).astype(np.float32)
             t0 = time.perf_counter()
             hits = store.search(ns, q, k)
             dt = 1000 * (time.perf_counter() - t0)
@@ -141,7 +165,8 @@ def run_memory_scale(n_events: int, n_users: int, dim: int = 384, k: int = 10, *
             return round(float(np.percentile(xs, p)), 3)
 
         return {"n_events": n_events, "n_users": n_users, "events_per_user": int(per_user.max()), "dim": dim,
-                "k": k, "queries": queries, "vectors": "seeded random unit vectors (not text embeddings)",
+                "k": k, "queries": queries, "vectors": (f"clustered: {topics} random unit centres, noise of norm {spread}" if vectors == "clustered"
+                            else "seeded uniform random unit vectors (not text embeddings)"),
                 "index_config": config.model_dump(mode="json"),
                 "max_cached_indexes": store.max_cached_indexes,
                 "insert_s": round(insert_s, 2), "insert_events_per_s": round(n_events / insert_s),
@@ -167,18 +192,19 @@ def main() -> None:
     ap.add_argument("--approximate-above", type=int, default=None)
     ap.add_argument("--max-cached-indexes", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/scale_memory.json"))
+    ap.add_argument("--vectors", choices=["clustered", "random"], default="clustered")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child run: print one result
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_memory_scale(args.events[0], args.users[0], args.dim, args.k, queries=args.queries,
                                           approximate_above=args.approximate_above,
-                                          max_cached_indexes=args.max_cached_indexes)))
+                                          max_cached_indexes=args.max_cached_indexes, vectors=args.vectors)))
         return
     runs = []
     for n in args.events:
         for u in args.users:
             cmd = [sys.executable, __file__, "--one", "--events", str(n), "--users", str(u), "--dim", str(args.dim),
-                   "--k", str(args.k), "--queries", str(args.queries)]
+                   "--k", str(args.k), "--queries", str(args.queries), "--vectors", args.vectors]
             if args.approximate_above is not None:
                 cmd += ["--approximate-above", str(args.approximate_above)]
             if args.max_cached_indexes is not None:

@@ -500,8 +500,8 @@ class FaissMemoryStore(MemoryStore):
     At scale (millions of events over many users): at most ``max_cached_indexes`` namespace
     indexes stay in memory, least recently used out first (written to their files first when
     they have unsaved changes), so memory follows the users being served, not every user ever
-    seen; ``index_config=VectorIndexConfig(kind="auto")`` keeps small namespaces exact and turns a
-    namespace approximate (IVF) past ``approximate_above`` vectors. Filtered searches (``kind``,
+    seen; the default ``index_config=VectorIndexConfig(kind="auto")`` keeps small namespaces exact
+    and turns a namespace approximate (IVF) past ``approximate_above`` vectors. Filtered searches (``kind``,
     ``ids``) never come back short: an approximate pass that misses is redone exactly over the
     allowed records. Figures: ``benchmarks/scale_memory.py``.
 
@@ -522,7 +522,9 @@ class FaissMemoryStore(MemoryStore):
         self.max_cached_indexes = max_cached_indexes
         """Namespace indexes kept in memory at most (least recently used evicted); None: all."""
         self.path = Path(path)
-        self.index_config = index_config or VectorIndexConfig()
+        self.index_config = index_config or VectorIndexConfig(kind="auto")
+        """Default ``auto``: a namespace's index is exact until it holds ``approximate_above``
+        vectors (50,000: far more than a person's turns), then IVF."""
         self.save_on_commit = save_on_commit
         self.index_rebuilds = 0
         """How many namespace indexes were rebuilt from SQLite (missing, stale or unreadable file)."""
