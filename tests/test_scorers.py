@@ -41,6 +41,14 @@ class ScorerContract:
         assert type(back) is type(m) and back.config_dict() == m.config_dict()
         assert np.allclose(back.score(X[7].indices), m.score(X[7].indices))
 
+    def test_score_and_evidence_weights_are_entries_of_b(self, X):
+        m = self.make().fit(X)
+        B = m.B.toarray() if sp.issparse(m.B) else np.asarray(m.B)
+        h, items = X[3].indices, np.array([5, 1, 5, 20, 0])  # a repeated candidate too
+        assert np.allclose(m.item_weights(h, items), B[np.ix_(h, items)])
+        assert np.allclose(m.score(h), B[h].sum(0), atol=1e-5)
+        assert m.item_weights([], items).shape == (0, 5)
+
     def test_empty_history_scores_zero(self, X):
         m = self.make().fit(X)
         assert not m.score([]).any()
