@@ -295,6 +295,13 @@ class PluralAgent:
                                               persona_id=a.persona_id)
             ref = outcome.refinement or {}
             out.meta.update(fallbacks=ref.get("fallbacks"), llm_error=ref.get("llm_error"))
+            by_model = ref.get("rewrite_source") in ("llm", "llm_retry")
+            if pending.personas and not by_model:
+                # the model wrote nothing that passed (the template stood in): the turn already made
+                # the template's update, so the follow-up adds no version of its own
+                out.note = ("The model wrote no rewrite of that taste that passed the checks; "
+                            "it stays as your reaction left it.")
+                return
             if pending.personas:
                 try:
                     rt.commit(user, pending)
@@ -303,8 +310,7 @@ class PluralAgent:
                     return
                 out.persona = outcome
                 after = outcome.persona_after
-                who = "The model rewrote" if ref.get("rewrite_source") not in (None, "template") else "I updated"
-                out.note = f"{who} your \u201c{after.name}\u201d taste: {after.description}"
+                out.note = f"The model rewrote your \u201c{after.name}\u201d taste: {after.description}"
             elif ref.get("proposed"):
                 out.note = ("The model proposed a new description of that taste, but it described the titles "
                             "you liked before less well, so I kept the current one.")

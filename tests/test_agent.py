@@ -325,7 +325,11 @@ def test_llm_failure_mid_turn_still_answers_with_templates(tmp_path, hash_config
     assert later.explanations == [] and "timed out" in later.meta["llm_error"]
     fb = a.chat("3", "not the first", thread_id="down")
     assert fb.error is None
-    assert "timed out" in a.follow_up(fb).meta["llm_error"]
+    versions = len(a.persona_versions("3"))
+    down = a.follow_up(fb)
+    assert "timed out" in down.meta["llm_error"]
+    # the model wrote nothing: the follow-up commits no version of its own (the turn made the update)
+    assert down.persona is None and len(a.persona_versions("3")) == versions
     # the model inside the turn: the turn still answers, with templates, and says why
     a.runtime.config.llm_prose = "inline"
     r2 = a.chat("3", "more", thread_id="down")
@@ -458,3 +462,28 @@ def test_the_real_embedding_guard_prefers_the_text_that_names_the_evidence():
     assert sim.guard_score(kept, space, weddings) > 0.9 > 0.1 > sim.guard_score(drifted, space, weddings)
     # accepted: closer than the median reference item (so at most half of these seven)
     assert sim.predict(kept, weddings) == [False] * 3 and sum(sim.predict(kept, space)) >= 3
+
+
+@pytest.mark.parametrize("broken", ["down", "raises"])
+def test_a_model_that_writes_nothing_adds_no_persona_version_after_feedback(tmp_path, hash_config, broken):
+    """The reaction's turn already made the template's update; the model's follow-up commits
+    only what the model itself wrote, never the template again in its place."""
+    from agent.engine import Engine
+    from memory.loaders import DataSource
+
+    engine = Engine.open(DataSource(dataset="synthetic"), hash_config, tmp_path / "dd-broken")
+    llm = (ScriptedLLM.failing(LLMError("server down")) if broken == "down"
+           else ScriptedLLM(lambda req: RuntimeError("the backend broke its contract")))
+    a = PluralAgent(AgentRuntime(engine, llm, AgentConfig(k=5)))  # the default simulator: the model's
+    try:
+        for user in ("21", "3"):
+            r = a.chat(user, "a space movie", thread_id=f"t{user}")
+            for n in (1, 2):
+                fb = a.chat(user, f"not #{n}", thread_id=f"t{user}")
+                assert fb.error is None
+                versions = [(v.persona.persona_id, v.persona.version) for v in a.persona_versions(user)]
+                later = a.follow_up(fb)
+                assert later.persona is None
+                assert [(v.persona.persona_id, v.persona.version) for v in a.persona_versions(user)] == versions
+    finally:
+        a.close()
