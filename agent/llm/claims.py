@@ -12,8 +12,9 @@ here narrow what a sentence may say to what the catalog and the user's personas 
 * **tastes**: "your love of X", "your taste for X" name a genre of the user's own personas;
 * **names**: a capitalised word that is not a sentence opener must come from a title it may
   cite, a category, or the persona's name (no invented films, fandoms or people);
-* **unverifiable praise**: awards, box office, "must-see", "any X fan": the catalog has no such
-  facts, so the model may not claim them.
+* **unverifiable praise**: awards, box office, "must-see", "any X fan", "one of the most popular
+  films in the history of cinema", "iconic": the catalog has no such facts, so the model may not
+  claim them.
 
 Each check raises :class:`~agent.llm.validated.Rejected` with a reason the fallback counters
 count (``wrong_year``, ``wrong_genre``, ``wrong_taste``, ``unknown_name``, ``unverifiable``).
@@ -61,7 +62,10 @@ GENRE_WORDS: dict[str, str] = {
 _UNVERIFIABLE = re.compile(
     r"\b(must[- ](?:buy|see|watch|have|own)|a must\b|oscars?|academy awards?|award[- ]winning|awards?|"
     r"acclaimed|box[- ]office|blockbusters?|best[- ]sell\w*|critics?|reviewers?|masterpieces?|"
-    r"(?:any|every|all|true|real)\s+(?:[\w&'-]+\s+){0,2}fans?|fans? of|cult (?:classic|hit|favou?rite))\b",
+    r"(?:any|every|all|true|real)\s+(?:[\w&'-]+\s+){0,2}fans?|fans? of|cult (?:classic|hit|favou?rite)|"
+    r"(?:the\s+)?most\s+(?:popular|famous|celebrated|beloved|influential|successful|watched|loved)|"
+    r"greatest|of all[- ]time|all[- ]time|in (?:the )?history of (?:cinema|film|movies)|ever made|"
+    r"legendary|iconic|world[- ]famous|widely regarded|highly rated|top[- ]rated|record[- ]breaking)\b",
     re.I)
 _TASTE = re.compile(r"\byour\s+(?:\w+\s+){0,2}?(?:taste|tastes|love|passion|interest|fondness|liking|"
                     r"appreciation|penchant)\s+(?:for|of|in)\s+((?:[\w'-]+[\s,]+){0,5}[\w'-]+)", re.I)
