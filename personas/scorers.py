@@ -268,21 +268,26 @@ class SparseEASE(ItemItemScorer):
         diag = G.diagonal().astype(np.float64)
         where = np.full(n, -1, np.int64)  # scratch of _gather: item -> position in the neighbourhood
         rows_out, cols_out, vals_out = [], [], []
+        k = min(m, n - 1)
         for s in range(0, n, cfg.block):
             targets = np.arange(s, min(s + cfg.block, n))
-            Gb = G[targets].toarray()  # (b, n): co-occurrence of each target with every item (G is symmetric)
-            Gb[np.arange(len(targets)), targets] = -np.inf  # never a neighbour of itself
-            k = min(m, n - 1)
-            nb = np.argpartition(-Gb, kth=k - 1, axis=1)[:, :k] if k < n else np.argsort(-Gb, axis=1)[:, :k]
-            strength = np.take_along_axis(Gb, nb, axis=1)
-            nb = np.sort(np.where(strength > 0, nb, n), axis=1)  # n marks padding (no co-occurrence)
             A = np.zeros((len(targets), k, k), np.float64)
             rhs = np.zeros((len(targets), k), np.float64)
-            for r, ids in enumerate(nb):
-                real = ids[ids < n]
-                if len(real):
-                    A[r, :len(real), :len(real)] = _gather(G, real, where)
-                    rhs[r, :len(real)] = Gb[r, real]
+            nb = np.full((len(targets), k), n, np.int64)  # n marks padding (fewer co-occurring items)
+            for r, t in enumerate(targets):
+                lo, hi = G.indptr[t], G.indptr[t + 1]  # G is symmetric: row t is column t
+                cols, vals = G.indices[lo:hi], G.data[lo:hi]
+                ok = (cols != t) & (vals > 0)
+                cols, vals = cols[ok], vals[ok]
+                if len(cols) > k:  # the k items co-occurring with t most often
+                    top = np.argpartition(-vals, kth=k - 1)[:k]
+                    cols, vals = cols[top], vals[top]
+                order = np.argsort(cols)
+                cols, vals = cols[order].astype(np.int64), vals[order]
+                q = len(cols)
+                if q:
+                    nb[r, :q], rhs[r, :q] = cols, vals
+                    A[r, :q, :q] = _gather(G, cols, where)
             A += cfg.l2 * np.eye(k)[None]
             W = _solve_spd(A, rhs).astype(np.float32)
             W[nb >= n] = 0.0
@@ -348,29 +353,31 @@ def pruned_gram(X: sp.csr_matrix, per_column: int, block: int = 256) -> sp.csr_m
     """``X^T X`` keeping, per column, the diagonal and the ``per_column`` largest off-diagonal
     entries, then symmetrised (an entry kept in either column is kept in both), float32 CSR.
 
-    Computed in column blocks, so the peak memory is one (items x block) dense block plus the
-    kept entries, never the (items x items) matrix.
+    Computed in blocks of ``block`` columns, each a sparse product, so the peak memory is one
+    block's co-occurrences plus the kept entries, never the (items x items) matrix.
     """
     X = sp.csr_matrix(X, dtype=np.float32)
     n = X.shape[1]
     Xt = X.T.tocsr()
-    Xc = X.tocsc()
     rows, cols, vals = [], [], []
     k = min(per_column, max(n - 1, 1))
     for s in range(0, n, block):
         targets = np.arange(s, min(s + block, n))
-        D = np.asarray((Xt @ Xc[:, targets]).toarray(), dtype=np.float32)  # (n, b)
-        diag = D[targets, np.arange(len(targets))].copy()
-        D[targets, np.arange(len(targets))] = 0.0
-        if k < n - 1:
-            top = np.argpartition(-D, kth=k - 1, axis=0)[:k]
-        else:
-            top = np.broadcast_to(np.arange(n)[:, None], (n, len(targets)))
-        v = np.take_along_axis(D, top, axis=0)
-        ok = v > 0
-        rows += [top[ok], targets]
-        cols += [np.broadcast_to(targets[None, :], top.shape)[ok], targets]
-        vals += [v[ok], diag]
+        P = (Xt[targets] @ X).tocsr()  # (b, n): row r is column targets[r] of X^T X, sparse
+        for r, t in enumerate(targets):
+            lo, hi = P.indptr[r], P.indptr[r + 1]
+            c, v = P.indices[lo:hi], P.data[lo:hi]
+            own = c == t
+            rows.append(np.array([t]))
+            cols.append(np.array([t]))
+            vals.append(np.array([v[own].sum()], np.float32))
+            c, v = c[~own & (v > 0)], v[~own & (v > 0)]
+            if len(c) > k:
+                top = np.argpartition(-v, kth=k - 1)[:k]
+                c, v = c[top], v[top]
+            rows.append(c)
+            cols.append(np.full(len(c), t))
+            vals.append(v)
     r, c, v = np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64), np.concatenate(vals)
     off = r != c
     # symmetrise: an entry kept by either column is kept in both (the values agree: G is symmetric)
