@@ -350,6 +350,27 @@ def summary_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The summary as a markdown table (what the README and docs/scale.md show)."""
+    def f(v, fmt="{:,}"):
+        return "–" if v is None else fmt.format(v)
+
+    head = ("| users | items | interactions | scorer | build | build peak RSS | recommend p50 / p95 | "
+            "first request p50 | induction users/s (1 / 2 procs) | batch users/s (in process / Ray) | serve RSS |")
+    out = [head, "|" + "---|" * 11]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['size']} | failed: {r['error'][:80]} |" + " |" * 9)
+            continue
+        out.append(f"| {f(r['users'])} | {f(r['items'])} | {f(r['interactions'])} | {r['scorer']} | "
+                   f"{f(r['build_s'], '{:.0f}')} s | {f(r['build_peak_rss_gb'], '{:.1f}')} GB | "
+                   f"{f(r['recommend_p50_ms'], '{:.2f}')} / {f(r['recommend_p95_ms'], '{:.2f}')} ms | "
+                   f"{f(r['first_request_p50_ms'], '{:.1f}')} ms | {f(r['induce_users_per_s'], '{:.0f}')} / "
+                   f"{f(r['induce_users_per_s_workers'], '{:.0f}')} | {f(r['batch_users_per_s'], '{:.0f}')} / "
+                   f"{f(r['batch_users_per_s_ray'], '{:.0f}')} | {f(r['serve_peak_rss_gb'], '{:.1f}')} GB |")
+    return "\n".join(out)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Build time, peak memory and latencies against users, one line per catalogue size."""
     import matplotlib
@@ -403,8 +424,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="sparse vs dense EASE on ML-100K and on synthetic data (benchmarks/results/scale_scorer_accuracy.json)")
     ap.add_argument("--fit-sizes", nargs="*", default=["100kx20k", "100kx100k"],
                     help="with --accuracy: sizes at which sparse EASE's fit alone is timed")
+    ap.add_argument("--table", action="store_true", help="print --out's summary as a markdown table and exit")
     ap.add_argument("--_step", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.table:
+        print(markdown_table(json.loads(a.out.read_text())["summary"]))
+        return 0
     if a.accuracy and not a._step:
         doc = {"benchmark": "scale_scorer_accuracy", "note": "timings on a shared 2-core machine",
                "ml_100k": accuracy_ml100k(), "synthetic": accuracy_synthetic(),

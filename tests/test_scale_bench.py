@@ -71,3 +71,5 @@ def test_quick_core_build_and_serve(scale, tmp_path):
     scale.plot(rows, tmp_path / "scale.png")
     assert (tmp_path / "scale.png").stat().st_size > 10_000
     json.dumps(rows)  # the JSON the script writes
+    table = scale.markdown_table(rows).splitlines()
+    assert len(table) == 3 and "sparse_ease" in table[2] and "600" in table[2]
