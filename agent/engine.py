@@ -185,8 +185,8 @@ class Engine:
         if not (p / "manifest.json").exists():
             raise UsageError("data dir", str(p), "a folder built by Plural (it has a manifest.json)")
         manifest = json.loads((p / "manifest.json").read_text())
-        return cls.open(DataSource.model_validate(manifest["source"]), EngineConfig.model_validate(manifest["config"]), p,
-                        storage=storage)
+        # the settings as built (a manifest from before the ``auto`` scorer reads as ``auto``)
+        return cls.open(DataSource.model_validate(manifest["source"]), _stored_config(manifest), p, storage=storage)
 
     @classmethod
     def open(cls, source: DataSource | None = None, config: EngineConfig | None = None,

@@ -99,3 +99,30 @@ def test_a_data_dir_reopens_from_its_manifest_alone(synthetic_engine, tmp_path):
     assert again.recommend("3", k=5).items[0].item_id == synthetic_engine.recommend("3", k=5).items[0].item_id
     with pytest.raises(UsageError, match="manifest.json"):
         Engine.open_data_dir(tmp_path)
+
+
+def test_a_data_directory_from_before_the_auto_scorer_reopens_by_its_folder(tmp_path, hash_config):
+    """Manifests written before ``scorer="auto"`` carry ``config.scorer = "ease"`` and no
+    top-level ``scorer``: reopening such a folder (a copy too, as the load test makes) works."""
+    import json
+    import shutil
+
+    from agent.engine import Engine
+    from memory.loaders import DataSource
+
+    built = Engine.open(DataSource(dataset="synthetic"), hash_config, tmp_path / "dd")
+    folder = tmp_path / "copy"
+    shutil.copytree(built.data_dir, folder)
+    built.close()
+    path = folder / "manifest.json"
+    m = json.loads(path.read_text())
+    m.pop("scorer", None)
+    m["config"]["scorer"] = "ease"
+    for key in ("dense_max_items", "sparse_ease", "eager_max_users"):
+        m["config"].pop(key, None)
+    path.write_text(json.dumps(m))
+    again = Engine.open_data_dir(folder)
+    try:
+        assert len(again.recommend(again.history.user_ids[0], 5).items) == 5
+    finally:
+        again.close()
