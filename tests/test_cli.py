@@ -142,3 +142,15 @@ def test_titles_with_brackets_print_as_written_not_as_markup(capsys, tmp_path, c
                          "--items", str(tmp_path / "items.csv"), "--config", cfg)
     assert code == 0, err
     assert "Delta [template]" in out and "Alpha [bold]" in out  # the title and its evidence, verbatim
+
+
+def test_data_build_reports_the_scorer_and_induces_on_request(capsys, cfg, tmp_path):
+    ddir = str(tmp_path / "built")
+    code, out, err = run(capsys, "data", "build", "--dataset", "synthetic", "--config", cfg, "--data-dir", ddir,
+                         "--induce", "3", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["scorer"]["kind"] == "ease" and doc["users"] > 0 and doc["users_with_personas"] >= 1
+    code, out, err = run(capsys, "data", "build", "--dataset", "synthetic", "--config", cfg, "--data-dir", ddir,
+                         "--workers", "0")
+    assert code == 2 and "--workers" in err
