@@ -8,8 +8,11 @@ attention and evidence. In-process, one ``ShardRecommender`` takes the shards in
 engine per actor. Both give the same table, row for row (sorted by the order of ``users``, then
 rank), and ``tests/test_batch.py`` checks it on a local Ray.
 
-Nothing is written to the data directory: a batch commits no exposure counts, no memory, no
-persona versions. Modes whose ranking reads the exposure counts (``persona_calibrated``) read
+A batch commits no exposure counts, no memory and no feedback. The one write it can make is
+the one any first request makes: in a data directory built with lazy personas (more users than
+``eager_max_users``), a user without personas yet gets them induced and stored (deterministic:
+the same sets in any process, order or shard, stored once; ``plural data build --induce all``
+beforehand makes the batch purely read-only). Modes whose ranking reads the exposure counts (``persona_calibrated``) read
 a **frozen snapshot** taken once, before the first shard, and shipped to every worker. The
 live product's sequential semantics (each list shown adds to the counts the next user's
 ranking reads) cannot be sharded: user *i*'s list would depend on every list before it. With a
