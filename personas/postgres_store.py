@@ -129,12 +129,7 @@ class PostgresPersonaStore(PersonaStore):
             args.append(persona_id)
         with self.db.connection() as conn:
             rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
-        out = []
-        for body, blob in rows:
-            d = json.loads(body)
-            d["persona"]["embedding"] = np.frombuffer(blob, dtype=np.float32).tolist() if blob else []
-            out.append(PersonaVersion.model_validate(d))
-        return out
+        return [_store.load_version(body, blob) for body, blob in rows]
 
     def users(self) -> list[str]:
         with self.db.connection() as conn:

@@ -177,6 +177,13 @@ def _dump_set(pset: PersonaSet) -> tuple[str, list[tuple[str, bytes]]]:
     return json.dumps(d), vecs
 
 
+def load_version(body: str, blob: bytes | None) -> PersonaVersion:
+    """A stored persona version: its JSON body and its embedding's float32 bytes (SQL stores)."""
+    d = json.loads(body)
+    d["persona"]["embedding"] = np.frombuffer(blob, dtype=np.float32).tolist() if blob else []
+    return PersonaVersion.model_validate(d)
+
+
 class SqlitePersonaStore(PersonaStore):
     """Personas in a SQLite file (WAL mode, synchronous FULL)."""
 
@@ -260,12 +267,7 @@ class SqlitePersonaStore(PersonaStore):
             args.append(persona_id)
         with self._lock:
             rows = self._con.execute(q + " ORDER BY seq", args).fetchall()
-        out = []
-        for body, blob in rows:
-            d = json.loads(body)
-            d["persona"]["embedding"] = np.frombuffer(blob, dtype=np.float32).tolist() if blob else []
-            out.append(PersonaVersion.model_validate(d))
-        return out
+        return [load_version(body, blob) for body, blob in rows]
 
     def users(self) -> list[str]:
         with self._lock:
