@@ -206,15 +206,15 @@ def test_a_tab_refreshes_when_its_thread_changed_elsewhere(web, page):
     a = web.send("18", None, "a space movie")
     tid = a.view.thread_id
     tab_b = page._render(web.view("18", tid), None)[page.state]  # tab B shows the thread
-    assert page.on_tick(tab_b) == {}  # nothing changed: nothing is sent
-    assert page.on_tick({"user": "18", "thread": None}) == {} and page.on_tick({}) == {}
+    assert page.on_tick(tab_b) == page.unchanged()  # nothing changed: nothing is sent
+    assert page.on_tick({"user": "18", "thread": None}) == page.unchanged() and page.on_tick({}) == page.unchanged()
     moved = web.send("18", tid, "something romantic")  # tab A moves the thread on
     with page._working(tid):  # while an action on the thread runs, the refresh waits
-        assert page.on_tick(tab_b) == {}
+        assert page.on_tick(tab_b) == page.unchanged()
     out = page.on_tick(tab_b)
     assert "changed elsewhere" in out[page.notice] and out[page.state]["shown"] == moved.view.item_ids
     assert out[page.chatbot] == views.chat_messages(moved.view.transcript)
-    assert page.on_tick(out[page.state]) == {}  # shown now: quiet again
+    assert page.on_tick(out[page.state]) == page.unchanged()  # shown now: quiet again
     web.react("18", tid, 1, "like", moved.view.item_ids)
     out2 = page.on_tick(out[page.state])
     assert "What changed" in out2[page.change] and "You liked" in out2[page.change]

@@ -297,6 +297,11 @@ class ChatPage:
         return self._guard(lambda: self.chat.react(state["user"], state.get("thread"), rank, reaction,
                                                    state.get("shown") or []), state)
 
+    def unchanged(self) -> dict:
+        """The update that changes nothing on the page (an empty dict would reach Gradio as one
+        value for all the outputs, an error)."""
+        return {self.notice: gr.skip()}
+
     def on_tick(self, state: dict) -> dict:
         """Every few seconds: when the thread changed since this tab last showed it (another tab
         said something, reacted, rolled a persona back, or the model added its text), show the
@@ -305,14 +310,14 @@ class ChatPage:
         with self._busy_lock:
             busy = bool(self._busy.get(thread))
         if not user or not thread or busy:  # an action on the thread renders it when it ends
-            return {}
+            return self.unchanged()
         try:
             view = self.chat.view(user, thread)
         except Exception:  # a refresh that fails leaves the page as it is
             log.debug("refresh of thread %s failed", thread, exc_info=True)
-            return {}
+            return self.unchanged()
         if _signature(view) == state.get("seen"):
-            return {}
+            return self.unchanged()
         return self._render(view, "This conversation changed elsewhere (another tab?); here is the latest.",
                             prev=state)
 
