@@ -25,7 +25,7 @@ import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -55,16 +55,44 @@ class ExposureStore(ABC):
         """Showings counted so far (``sum`` of every count)."""
 
 
+class _Positions:
+    """Where each id stands in the id sequence last asked about. The recommender asks with the
+    catalog's id tuple on every call, so the map is built once and the counts are scattered into
+    place: the cost follows the items ever shown, not the catalog."""
+
+    def __init__(self):
+        self._ids: Sequence[str] | None = None
+        self._pos: dict[str, int] = {}
+        self._unique = True
+
+    def gather(self, item_ids: Sequence[str], have: Mapping[str, int]) -> np.ndarray:
+        """(len(item_ids),) int64: ``have[id]`` (0 when absent) for each id, in order."""
+        if item_ids is not self._ids or not isinstance(item_ids, tuple):  # a list may change in place
+            ids = [str(i) for i in item_ids]
+            self._pos = {i: k for k, i in enumerate(ids)}
+            self._unique, self._ids = len(self._pos) == len(ids), item_ids
+        if not self._unique or len(have) > len(self._pos):  # an id listed twice, or few ids asked about
+            return np.fromiter((have.get(str(i), 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        out = np.zeros(len(item_ids), dtype=np.int64)
+        pos = self._pos
+        for i, n in have.items():
+            k = pos.get(i)
+            if k is not None:
+                out[k] = n
+        return out
+
+
 class InMemoryExposureStore(ExposureStore):
     """Reference implementation: a counter, thread-safe."""
 
     def __init__(self):
         self._counts: Counter[str] = Counter()
         self._lock = threading.RLock()
+        self._positions = _Positions()
 
     def counts(self, item_ids: Sequence[str]) -> np.ndarray:
         with self._lock:
-            return np.fromiter((self._counts.get(str(i), 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
+            return self._positions.gather(item_ids, self._counts)
 
     def add(self, item_ids: Sequence[str]) -> None:
         with self._lock:
@@ -98,6 +126,7 @@ class SqliteExposureStore(ExposureStore):
         with persona_store._lock:
             persona_store._con.execute(
                 "CREATE TABLE IF NOT EXISTS exposure (item_id TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+        self._positions = _Positions()
 
     @property
     def _con(self) -> sqlite3.Connection:
@@ -106,7 +135,7 @@ class SqliteExposureStore(ExposureStore):
     def counts(self, item_ids: Sequence[str]) -> np.ndarray:
         with self._store._lock:
             have = dict(self._con.execute("SELECT item_id, n FROM exposure").fetchall())
-        return np.fromiter((have.get(str(i), 0) for i in item_ids), dtype=np.int64, count=len(item_ids))
+            return self._positions.gather(item_ids, have)
 
     def add(self, item_ids: Sequence[str]) -> None:
         rows = list(Counter(str(i) for i in item_ids).items())

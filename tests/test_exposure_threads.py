@@ -27,6 +27,16 @@ class ExposureStoreContract:
         assert store.counts([]).tolist() == [] and store.counts(["a"]).dtype.name == "int64"
         assert store.total() == 4
 
+    def test_counts_follow_any_id_sequence(self, store):
+        catalog = tuple(str(i) for i in range(1, 41))
+        store.add(["3", "3", "7", "99"])
+        for _ in range(2):  # the same tuple asked again (the recommender's call), then others
+            assert store.counts(catalog).tolist() == [2 if i == "3" else 1 if i == "7" else 0 for i in catalog]
+        assert store.counts(["7", "3", "7", "99", "5"]).tolist() == [1, 2, 1, 1, 0]
+        assert store.counts(["99"]).tolist() == [1] and store.counts([]).tolist() == []
+        store.add(["5"])
+        assert store.counts(catalog)[4] == 1
+
     def test_transaction_keeps_all_or_nothing(self, store):
         store.add(["a"])
         with pytest.raises(RuntimeError), store.transaction():
