@@ -99,6 +99,12 @@ def test_chat_recommends_explains_and_remembers(agent):
     # the turn's reply comes from the engine and templates: no model on its path
     assert len(agent.runtime.backend.calls) == calls
     assert all(i.explanation_source == "template" for i in r.items)
+    # the heading names the tastes the listed titles come from, and only those
+    head = r.response.splitlines()[0]
+    listed = {i.persona.name for i in r.items}
+    pset = agent.engine.recommender.persona_set("3")
+    assert any(f"\u201c{n}\u201d" in head for n in listed)
+    assert not any(f"\u201c{p.name}\u201d" in head for p in pset.personas if p.name not in listed)
     later = agent.follow_up(r)  # the model's prose follows
     assert [e.item_id for e in later.explanations] == [i.item_id for i in r.items]
     assert all(e.text.startswith("Because you enjoyed") for e in later.explanations)

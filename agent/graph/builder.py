@@ -414,8 +414,12 @@ def _compose(runtime: AgentRuntime, state: AgentState) -> tuple[str, ThreadUpdat
                      "I found nothing new for that request.",
                      "Try something broader, e.g. a genre without the period.", *notes]
             return "\n".join(lines), ThreadUpdate(results=[], focus=None, last_request=request)
-        pset = runtime.engine.recommender.persona_set(state.user_id)
-        names = [pset.get(pid).name for pid in request.personas if pid in pset.ids]
+        # the tastes the listed titles come from (most titles first; at most three named)
+        by_persona: dict[str, int] = {}
+        for r in out.items:
+            if r.persona is not None:
+                by_persona[r.persona.name] = by_persona.get(r.persona.name, 0) + 1
+        names = sorted(by_persona, key=lambda n: -by_persona[n])[:3]
         head = "Here are some picks" if intent == "recommend" else "Here is a new set"
         if asked:
             head += f" ({asked})"
