@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fakes.answers import grounded_explanations
+
 from agent.api import PluralAgent
 from agent.llm import LLMError, ScriptedLLM
 from agent.refine import ReactionSimulator, RefineConfig
@@ -25,12 +27,7 @@ def make_llm(rewrite_text: str | None = None, route_last: bool = True):
         props = (req.json_schema or {}).get("properties", {})
         user = req.messages[-1].content
         if "explanations" in props:
-            out = []
-            for k, e in enumerate(props["explanations"]["prefixItems"], start=1):
-                t = e["properties"]["cited_titles"]["items"]["enum"][0]
-                out.append({"item": k, "cited_titles": [t], "explanation": f"Because you enjoyed {t.split(' (')[0]}, "
-                                                                           f"this should land well."})
-            return json.dumps({"explanations": out})
+            return grounded_explanations(req, "Because you enjoyed {title}, this should land well.")
         if "changes" in props:  # rewrite_persona: a sharper text built from the persona's own evidence
             if rewrite_text:
                 name, desc = rewrite_text
@@ -483,7 +480,7 @@ def test_a_model_that_writes_nothing_adds_no_persona_version_after_feedback(tmp_
     a = PluralAgent(AgentRuntime(engine, llm, AgentConfig(k=5)))  # the default simulator: the model's
     try:
         for user in ("21", "3"):
-            r = a.chat(user, "a space movie", thread_id=f"t{user}")
+            assert a.chat(user, "a space movie", thread_id=f"t{user}").error is None
             for n in (1, 2):
                 fb = a.chat(user, f"not #{n}", thread_id=f"t{user}")
                 assert fb.error is None

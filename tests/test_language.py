@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from fakes.answers import category_description, grounded_explanations
+
 from agent.cli import main
 from agent.engine import Engine
 from agent.language import LanguageConfig, LanguageLayer
@@ -24,20 +26,10 @@ def _answer(req) -> str:
     """A well-behaved fake LLM: valid, grounded answers built from what the prompt shows."""
     schema = req.json_schema or {}
     props = schema.get("properties", {})
-    if "explanations" in props:
-        entries = props["explanations"]["prefixItems"]
-        out = []
-        for k, e in enumerate(entries, start=1):
-            title = e["properties"]["cited_titles"]["items"]["enum"][0]
-            out.append({"item": k, "cited_titles": [title],
-                        "explanation": f"You loved {title.split(' (')[0]}, and this one shares its spirit."})
-        return json.dumps({"explanations": out})
-    if "description" in props:
-        user = req.messages[-1].content
-        shares = json.loads(user.split("categories (percent of titles): ", 1)[1].split("\n", 1)[0])
-        cat = max(shares, key=shares.get)
-        return json.dumps({"name": f"Devoted {cat} Fan", "description": f"Seeks out {cat.lower()} stories "
-                                                                        f"again and again."})
+    written = (grounded_explanations(req, "You loved {title}, and this one shares its spirit.")
+               or category_description(req))
+    if written:
+        return written
     if "personas" in props:  # routing: the last persona offered
         return json.dumps({"personas": [props["personas"]["items"]["enum"][-1]]})
     if "persona" in props:  # selection: always the first persona offered

@@ -27,6 +27,7 @@ from typing import Literal
 
 import pytest
 from fakes import FAKES_DIR
+from fakes.answers import ALIENS
 from fakes.transformers_serve import free_port, shared_server
 from pydantic import BaseModel, ConfigDict
 
@@ -34,7 +35,7 @@ from agent.llm import Completion, LLMBackend, LLMRequest, SamplingConfig, Script
 from agent.llm.base import FINISH_REASONS, normalize_finish_reason
 from agent.llm.model_files import packaged_gguf
 from agent.llm.structured import json_schema_of
-from agent.llm.tasks import RecommendationInput, explain_recommendations
+from agent.llm.tasks import explain_recommendations
 
 SHORT = "Say OK."
 """Answered in a few tokens, then the model ends its turn."""
@@ -57,15 +58,7 @@ class Forced(BaseModel):
     code: Literal["zebra-42"]
 
 
-REC = RecommendationInput(
-    item_id="i1",
-    title="Aliens (1986)",
-    categories=["Sci-Fi"],
-    persona_id="p1",
-    persona_name="Space Opera",
-    persona_description="Space battles, aliens and robots.",
-    evidence_titles=["Alien (1979)", "Star Wars (1977)"],
-)
+REC = ALIENS
 
 
 def req(content: str, json_schema: dict | None = None, **sampling) -> LLMRequest:

@@ -17,21 +17,14 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from fakes.answers import ALIENS
 from fakes.transformers_serve import free_port, shared_server
 
 from agent.llm import LLMRequest, SamplingConfig
 from agent.llm.openai_backend import OpenAIBackend
-from agent.llm.tasks import RecommendationInput, explain_recommendations
+from agent.llm.tasks import explain_recommendations
 
-REC = RecommendationInput(
-    item_id="i1",
-    title="Aliens (1986)",
-    categories=["Sci-Fi"],
-    persona_id="p1",
-    persona_name="Space Opera",
-    persona_description="Space battles, aliens and robots.",
-    evidence_titles=["Alien (1979)", "Star Wars (1977)"],
-)
+REC = ALIENS
 
 
 # -- faults (no model needed) ---------------------------------------------------------------

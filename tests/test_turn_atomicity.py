@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from fakes.answers import category_description, grounded_explanations
+
 from agent.api import PluralAgent
 from agent.llm import ScriptedLLM
 from agent.refine import RefineConfig
@@ -91,19 +93,9 @@ def _describing_llm():
 
     def answer(req) -> str:
         props = (req.json_schema or {}).get("properties", {})
-        if "explanations" in props:
-            out = []
-            for k, e in enumerate(props["explanations"]["prefixItems"], start=1):
-                t = e["properties"]["cited_titles"]["items"]["enum"][0]
-                out.append({"item": k, "cited_titles": [t],
-                            "explanation": f"Because you enjoyed {t.split(' (')[0]}, this one should work for you."})
-            return json.dumps({"explanations": out})
-        if "description" in props:
-            user = req.messages[-1].content
-            shares = json.loads(user.split("categories (percent of titles): ", 1)[1].split("\n", 1)[0])
-            cat = max(shares, key=shares.get)
-            return json.dumps({"name": f"Devoted {cat} Fan",
-                               "description": f"Seeks out {cat.lower()} stories again and again."})
+        written = grounded_explanations(req) or category_description(req)
+        if written:
+            return written
         if "facts" in props:
             return json.dumps({"facts": [{"text": "Keeps coming back to the same tastes.", "sources": [1]}]})
         raise AssertionError(f"unexpected schema {props}")

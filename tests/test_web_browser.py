@@ -274,21 +274,13 @@ def test_two_tabs_and_another_users_thread(site, chromium, shots):
 # ---- the model's text after the cards (in process: synthetic data, a scripted model) -----------
 def _held_model(release):
     """A model that writes valid explanations, but only once ``release`` is set."""
-    import json
+    from fakes.answers import grounded_explanations
 
     from agent.llm import ScriptedLLM
 
     def answer(req) -> str:
         assert release.wait(60), "the test never released the model"
-        props = (req.json_schema or {}).get("properties", {})
-        if "explanations" not in props:
-            return "not json"
-        out = []
-        for k, e in enumerate(props["explanations"]["prefixItems"], start=1):
-            t = e["properties"]["cited_titles"]["items"]["enum"][0]
-            out.append({"item": k, "cited_titles": [t],
-                        "explanation": f"Because you enjoyed {t.split(' (')[0]}, this one should land well."})
-        return json.dumps({"explanations": out})
+        return grounded_explanations(req) or "not json"
 
     return ScriptedLLM(answer)
 

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from fakes.answers import grounded_explanations
+
 from agent.api import PluralAgent
 from agent.llm import ScriptedLLM
 from agent.runtime import AgentConfig, AgentRuntime
@@ -48,15 +50,7 @@ def explaining_llm(answer_rest: str = "not json"):
     and answers anything else with ``answer_rest``."""
 
     def answer(req) -> str:
-        props = (req.json_schema or {}).get("properties", {})
-        if "explanations" not in props:
-            return answer_rest
-        out = []
-        for k, e in enumerate(props["explanations"]["prefixItems"], start=1):
-            t = e["properties"]["cited_titles"]["items"]["enum"][0]
-            out.append({"item": k, "cited_titles": [t],
-                        "explanation": f"Because you enjoyed {t.split(' (')[0]}, this one should land well."})
-        return json.dumps({"explanations": out})
+        return grounded_explanations(req) or answer_rest
 
     return ScriptedLLM(answer)
 
