@@ -38,6 +38,12 @@ def _style(ax, xlabel: str) -> None:
     ax.set_axisbelow(True)
 
 
+def _empty(ax, text: str) -> None:
+    """An empty plot that says why."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#6b7280")
+    ax.set_yticks([])
+
+
 def persona_weights_figure(frame: pd.DataFrame, colors: Sequence[str] = ()) -> Figure:
     """Horizontal bars, one per persona (``frame``: ``persona``, ``weight`` in percent), in the
     personas' colours; the axis starts at 0."""
@@ -52,8 +58,7 @@ def persona_weights_figure(frame: pd.DataFrame, colors: Sequence[str] = ()) -> F
     ax.set_title("Persona weights", fontsize=10, loc="left")
     _style(ax, "share of your taste (%)")
     if not names:
-        ax.text(0.5, 0.5, "no personas yet", ha="center", va="center", transform=ax.transAxes, color="#6b7280")
-        ax.set_yticks([])
+        _empty(ax, "no personas yet")
     return fig
 
 
@@ -68,8 +73,7 @@ def category_mix_figure(frame: pd.DataFrame) -> Figure:
     ax.set_title("Category mix: this list against your history", fontsize=10, loc="left")
     _style(ax, "share (%)")
     if not cats:
-        ax.text(0.5, 0.5, "no list yet", ha="center", va="center", transform=ax.transAxes, color="#6b7280")
-        ax.set_yticks([])
+        _empty(ax, "no list yet")
         return fig
     y = np.arange(len(cats))
     h = 0.38
