@@ -127,6 +127,7 @@ class SqliteExposureStore(ExposureStore):
             persona_store._con.execute(
                 "CREATE TABLE IF NOT EXISTS exposure (item_id TEXT PRIMARY KEY, n INTEGER NOT NULL)")
         self._positions = _Positions()
+        self._cached: tuple[tuple[int, int], dict[str, int]] | None = None
 
     @property
     def _con(self) -> sqlite3.Connection:
@@ -134,8 +135,21 @@ class SqliteExposureStore(ExposureStore):
 
     def counts(self, item_ids: Sequence[str]) -> np.ndarray:
         with self._store._lock:
-            have = dict(self._con.execute("SELECT item_id, n FROM exposure").fetchall())
-            return self._positions.gather(item_ids, have)
+            return self._positions.gather(item_ids, self._table())
+
+    def _table(self) -> dict[str, int]:
+        """Every stored count. Re-read only when the file changed since the last read: another
+        connection committed (``PRAGMA data_version``) or this one wrote (``total_changes``);
+        inside an open transaction always read, never kept (a rollback would leave it stale).
+        A table of 25,000 shown items costs ~38 ms to read, so repeated recommends of a
+        catalogue that big must not read it each time."""
+        con = self._con
+        stamp = (con.execute("PRAGMA data_version").fetchone()[0], con.total_changes)
+        if con.in_transaction or self._cached is None or self._cached[0] != stamp:
+            table = dict(con.execute("SELECT item_id, n FROM exposure").fetchall())
+            self._cached = None if con.in_transaction else (stamp, table)
+            return table
+        return self._cached[1]
 
     def add(self, item_ids: Sequence[str]) -> None:
         rows = list(Counter(str(i) for i in item_ids).items())

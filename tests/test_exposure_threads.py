@@ -162,3 +162,30 @@ class TestPostgresThreadRegistry(ThreadRegistryContract):
         from agent.postgres import PostgresThreadRegistry
 
         return PostgresThreadRegistry(postgres_db())
+
+
+def test_sqlite_counts_see_every_write_though_they_are_kept_between_reads(tmp_path):
+    """The SQLite store keeps the table it read until the file changes: its own writes, another
+    connection's commits and a rolled-back transaction must all show in the next read."""
+    from personas.exposure import SqliteExposureStore
+    from personas.store import SqlitePersonaStore
+
+    path = tmp_path / "p.sqlite"
+    a, b = SqlitePersonaStore(path), SqlitePersonaStore(path)
+    ea, eb = SqliteExposureStore(a), SqliteExposureStore(b)
+    ids = ("1", "2", "3")
+    assert ea.counts(ids).tolist() == [0, 0, 0]
+    ea.add(["1"])
+    assert ea.counts(ids).tolist() == [1, 0, 0] and eb.counts(ids).tolist() == [1, 0, 0]
+    eb.add(["2", "2"])  # another connection commits
+    assert ea.counts(ids).tolist() == [1, 2, 0]
+    with pytest.raises(RuntimeError):
+        with ea.transaction():
+            ea.add(["3"])
+            assert ea.counts(ids).tolist() == [1, 2, 1]  # its own uncommitted write
+            raise RuntimeError("the turn failed")
+    assert ea.counts(ids).tolist() == [1, 2, 0]  # rolled back: not kept
+    eb.reset()
+    assert ea.counts(ids).tolist() == [0, 0, 0]
+    a.close()
+    b.close()
