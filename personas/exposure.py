@@ -128,6 +128,7 @@ class SqliteExposureStore(ExposureStore):
                 "CREATE TABLE IF NOT EXISTS exposure (item_id TEXT PRIMARY KEY, n INTEGER NOT NULL)")
         self._positions = _Positions()
         self._cached: tuple[tuple[int, int], dict[str, int]] | None = None
+        self._gathered: tuple[dict, Sequence[str], np.ndarray] | None = None
 
     @property
     def _con(self) -> sqlite3.Connection:
@@ -135,7 +136,13 @@ class SqliteExposureStore(ExposureStore):
 
     def counts(self, item_ids: Sequence[str]) -> np.ndarray:
         with self._store._lock:
-            return self._positions.gather(item_ids, self._table())
+            table = self._table()
+            last = self._gathered
+            if last is not None and last[0] is table and last[1] is item_ids and isinstance(item_ids, tuple):
+                return last[2].copy()  # the same table, the same catalogue tuple: the same answer
+            out = self._positions.gather(item_ids, table)
+            self._gathered = (table, item_ids, out) if self._cached is not None else None
+            return out.copy() if self._gathered is not None else out
 
     def _table(self) -> dict[str, int]:
         """Every stored count. Re-read only when the file changed since the last read: another
