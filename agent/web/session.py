@@ -35,7 +35,7 @@ REACTION_MESSAGES = {"like": "loved #{k}", "dislike": "not #{k}"}
 
 FALLBACK_KEPT = {"recommend": "the cards keep the template explanations",
                  "refine": "the cards keep the template explanations",
-                 "why": "the answer stays the template's", "feedback": "the persona's text stays as it was"}
+                 "why": "the answer stays the template's", "feedback": "the persona stays as your reaction left it"}
 """What stays when the model fails after a turn, by the turn's intent (said in the notice)."""
 
 HISTORY_LIMIT = 60
@@ -202,19 +202,16 @@ class WebChat:
             later = FollowUp(user_id=reply.user_id, thread_id=reply.thread_id,
                              meta={"llm_error": f"{type(e).__name__}: {e}"})
         tid = reply.thread_id
-        rewrite = (later.persona.refinement or {}).get("rewrite_source") if later.persona is not None else None
-        by_template = later.persona is not None and rewrite in (None, "template")
         with self._lock:
             if later.explanations:
                 self._model_text[tid] = (tuple(r.item_id for r in reply.items),
                                          {e.item_id: e.text for e in later.explanations})
             if later.note and isinstance(reply.answer, FeedbackAnswer):
-                self._notes[tid] = (_feedback_key(reply.answer), later.note, "template" if by_template else "llm")
+                # the follow-up commits only the model's own rewrite (the template's was the turn's)
+                self._notes[tid] = (_feedback_key(reply.answer), later.note, "llm")
         notice = None
         if later.meta.get("llm_error"):
             kept = FALLBACK_KEPT.get(reply.intent or "", "what the templates said stays")
-            if reply.intent == "feedback" and by_template:
-                kept = "the template's rewrite of the persona stands instead (see What changed)"
             notice = f"The model could not add its text ({later.meta['llm_error']}); {kept}."
         elif later.explanations:
             notice = (f"The model wrote {len(later.explanations)} of the {len(reply.items)} explanations "
